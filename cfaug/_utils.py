@@ -1,0 +1,94 @@
+"""Small helpers shared by the whole package: argument checks, atomic writes, hashing, lazy imports."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any
+
+
+def verify_str_arg(value: Any, arg: str, valid: Iterable[str]) -> str:
+    """Check that ``value`` is one of ``valid`` and return it.
+
+    Args:
+        value: the value given by the user.
+        arg: the argument's name, used in the error message.
+        valid: the accepted values.
+
+    Raises:
+        TypeError: ``value`` is not a string.
+        ValueError: ``value`` is not among ``valid``; the message lists the valid values.
+    """
+    valid = tuple(valid)
+    if not isinstance(value, str):
+        raise TypeError(f"`{arg}` should be a string, one of {list(valid)}, but got {type(value).__name__} {value!r}.")
+    if value not in valid:
+        raise ValueError(f"Unknown value {value!r} for argument `{arg}`. Valid values are {list(valid)}.")
+    return value
+
+
+def check_probability(p: Any, arg: str = "p") -> float:
+    """Return ``p`` as a float after checking that it lies in [0, 1]."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"`{arg}` should be a number in [0, 1], but got {type(p).__name__} {p!r}.")
+    if not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"`{arg}` should be a number in [0, 1], but got {p!r}.")
+    return float(p)
+
+
+def check_positive_int(value: Any, arg: str, *, allow_zero: bool = False) -> int:
+    """Return ``value`` after checking that it is a positive (or non-negative) integer."""
+    lowest = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{arg}` should be an integer >= {lowest}, but got {type(value).__name__} {value!r}.")
+    if value < lowest:
+        raise ValueError(f"`{arg}` should be an integer >= {lowest}, but got {value}.")
+    return value
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write a file so that readers see either the old content or the complete new content.
+
+    The data goes to a temporary file in the same folder, which is flushed, synced and then renamed over
+    ``path``. If the block raises, the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Return the hex sha256 digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import an optional dependency, or raise an ImportError that says which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"{module!r} is required for this feature but could not be imported ({error}). "
+            f"Install it with: pip install 'cfaug[{extra}]'"
+        ) from error

@@ -1,0 +1,1 @@
+"""Datasets: counterfactual datasets and the biased MNIST variants of the CGN paper."""

@@ -1,0 +1,47 @@
+"""Shared fixtures: the toy backend, ../shared lookup, RNG isolation."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # so that DataLoader workers can import toy_backend by name
+
+from toy_backend import ToyBackend  # noqa: E402
+
+import cfaug  # noqa: E402
+
+SHARED = TESTS.parent.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip (fail when CFAUG_REQUIRE_SHARED=1) when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        message = f"{path} is absent: ../shared (the team's reference data) is not beside this checkout"
+        if os.environ.get("CFAUG_REQUIRE_SHARED") == "1":
+            pytest.fail(message + " and CFAUG_REQUIRE_SHARED=1")
+        pytest.skip(message)
+    return path
+
+
+cfaug.register_backend("toy", override=True)(ToyBackend)
+
+
+@pytest.fixture
+def toy() -> ToyBackend:
+    """A fresh toy backend on the CPU."""
+    return cfaug.load_backend("toy")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_rng():
+    """Restore the global torch RNG after each test so tests cannot depend on each other's draws."""
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
