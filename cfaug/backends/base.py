@@ -66,8 +66,11 @@ class Components:
 def _check_classes(value: Any, arg: str, num_classes: int) -> torch.Tensor:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if isinstance(value, Sequence):
-        value = torch.as_tensor(value, dtype=torch.int64)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        try:
+            value = torch.as_tensor(value, dtype=torch.int64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"`{arg}` should be a sequence of class indices (int): {error}") from error
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{arg}` should be a 1-D tensor of class indices, but got {type(value).__name__}.")
     if value.dim() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
