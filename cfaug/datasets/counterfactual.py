@@ -1,0 +1,1031 @@
+"""Counterfactual datasets: generate on the fly, save to disk, load back, mix with real data.
+
+:class:`CounterfactualDataset` turns a backend into a map-style dataset of counterfactual images. Item ``i``
+depends only on ``(seed, i)``: its per-sample seed is ``cfaug.seeding.index_seeds(seed, [i])`` and its three
+classes are drawn from a dedicated stream of that seed. The image is generated **alone** (a batch of one),
+because on CPUs convolution results differ in the last bits between batch sizes; generating every item by
+itself is what makes item ``i`` bitwise identical whatever the DataLoader batch size, worker count or order.
+
+:meth:`CounterfactualDataset.save` writes a dataset in a layout other tools can read, and
+:class:`SavedCounterfactualDataset` (also returned by :meth:`CounterfactualDataset.load`) reads it back::
+
+    root/
+      manifest.json            settings + "complete": true, written last, once every index is on disk
+      labels.csv               index,shape,texture,background,seed,file,sha256 (one row per item, sorted)
+      images/000000/000000.png   (format="png": one lossless 8-bit PNG per item, 1000 per folder)
+      shards/000000-000256.safetensors   (format="safetensors": uint8 images plus labels, one file per chunk)
+      records/000000-000256.csv  rows of one finished chunk; a chunk is done exactly when its record exists
+      parts/000000-001000.json   partial manifest of one ``save(start=..., stop=...)`` call, with its own
+                                 "complete" flag
+
+Every file is written atomically, so an interrupted save leaves only whole files. A second ``save`` with the
+same settings skips the indices that already have a record and generates the others, so no index goes
+missing or appears twice. Disjoint ``start``/``stop`` ranges (one per process rank) write disjoint files;
+whichever call completes the last range merges the records into ``labels.csv`` and ``manifest.json``
+(or call :meth:`CounterfactualDataset.finalize` as a separate step).
+
+:class:`MixedDataset` mixes real and counterfactual items at a fixed ratio, deterministically.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import operator
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as _safetensors_load
+from safetensors.torch import save as _safetensors_save
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import VisionDataset
+from torchvision.io import decode_png, encode_png
+from tqdm.auto import tqdm
+
+from cfaug._utils import atomic_write, check_positive_int, check_probability, sha256_file, verify_str_arg
+from cfaug.backends.base import Backend, Components
+from cfaug.registry import get_backend_class
+from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
+from cfaug.version import __version__
+
+__all__ = [
+    "DATASET_FORMAT_VERSION",
+    "SAVE_FORMATS",
+    "TARGETS",
+    "VARYING_MECHANISMS",
+    "CounterfactualDataset",
+    "CounterfactualInfo",
+    "MixedDataset",
+    "SavedCounterfactualDataset",
+    "SavedDatasetError",
+]
+
+#: Mechanisms that can get a class of their own; the others take the shape class.
+VARYING_MECHANISMS: tuple[str, ...] = ("texture", "background")
+#: ``"shape"``: the target is the shape class; ``"all"``: the ``(shape, texture, background)`` classes.
+TARGETS: tuple[str, ...] = ("shape", "all")
+#: On-disk formats of :meth:`CounterfactualDataset.save`.
+SAVE_FORMATS: tuple[str, ...] = ("png", "safetensors")
+#: Version of the on-disk layout described in this module's docstring.
+DATASET_FORMAT_VERSION = 1
+
+# The classes of an item are drawn from this stream of the item's seed. Mechanisms draw their noise from small
+# stream numbers (0, 1, 2, ...) of the same seed; a distant number keeps the class draw independent of them.
+_CLASS_STREAM = 0xC1A55
+_LABEL_COLUMNS = ("index", "shape", "texture", "background", "seed", "file", "sha256")
+_RANGE_NAME = re.compile(r"^(\d+)-(\d+)\.(csv|json)$")
+_MANIFEST = "manifest.json"
+_LABELS = "labels.csv"
+_IMAGES_PER_FOLDER = 1000
+# The settings that define the data: a resumed or merged save must agree on all of them.
+_SETTING_KEYS = (
+    "dataset_format_version",
+    "cfaug_version",
+    "backend",
+    "weights",
+    "weights_sha256",
+    "parameters_sha256",
+    "arch",
+    "num_classes",
+    "class_names",
+    "image_size",
+    "channels",
+    "seed",
+    "size",
+    "vary",
+    "target",
+    "format",
+)
+
+
+class SavedDatasetError(ValueError):
+    """A saved counterfactual dataset is missing, unfinished, corrupted, or was made with other settings."""
+
+
+@dataclass(frozen=True)
+class CounterfactualInfo:
+    """What defines one item of a counterfactual dataset.
+
+    Attributes:
+        index: the item's index in the dataset.
+        shape: class of the shape mechanism (the label of the image).
+        texture: class of the texture mechanism.
+        background: class of the background mechanism.
+        seed: the per-sample seed all the item's noise is drawn from.
+    """
+
+    index: int
+    shape: int
+    texture: int
+    background: int
+    seed: int
+
+    @property
+    def classes(self) -> tuple[int, int, int]:
+        """The ``(shape, texture, background)`` classes."""
+        return self.shape, self.texture, self.background
+
+
+# --------------------------------------------------------------------------------------------- argument checks
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` should be a non-negative integer, but got {type(seed).__name__} {seed!r}.")
+    if seed < 0:
+        raise ValueError(f"`seed` should be a non-negative integer, but got {seed}.")
+    return seed
+
+
+def _check_vary(vary: Any) -> tuple[str, ...]:
+    if isinstance(vary, str):
+        vary = (vary,)
+    if not isinstance(vary, Iterable):
+        raise TypeError(
+            f"`vary` should be a collection of mechanism names from {list(VARYING_MECHANISMS)}, "
+            f"but got {type(vary).__name__} {vary!r}."
+        )
+    names = tuple(vary)
+    for name in names:
+        if name == "shape":
+            raise ValueError(
+                "`vary` names the mechanisms that get a class of their own, independent of the shape class, "
+                f"so it should be a subset of {list(VARYING_MECHANISMS)}, but got 'shape' (the shape class is "
+                "always drawn)."
+            )
+        verify_str_arg(name, "vary", VARYING_MECHANISMS)
+    # Canonical order, so that ("background", "texture") and ("texture", "background") are one setting.
+    return tuple(m for m in VARYING_MECHANISMS if m in names)
+
+
+def _check_callable(value: Any, arg: str) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"`{arg}` should be a callable or None, but got {type(value).__name__} {value!r}.")
+    return value
+
+
+def _check_index(index: Any, size: int) -> int:
+    try:
+        i = operator.index(index)
+    except TypeError:
+        raise TypeError(f"`index` should be an integer, but got {type(index).__name__} {index!r}.") from None
+    if not -size <= i < size:
+        # IndexError, not ValueError: `for item in dataset` and other sequence protocols stop on it.
+        raise IndexError(f"`index` should be in [{-size}, {size - 1}] for a dataset of {size} items, but got {i}.")
+    return i % size
+
+
+def _target_of(info: CounterfactualInfo, target: str) -> int | tuple[int, int, int]:
+    return info.shape if target == "shape" else info.classes
+
+
+# ----------------------------------------------------------------------------------------------- on-disk layout
+def _width(size: int) -> int:
+    """Digits of the zero-padded numbers in file names, so that names sort like the indices they hold."""
+    return max(6, len(str(size)))
+
+
+def _range_name(lo: int, hi: int, width: int, suffix: str) -> str:
+    return f"{lo:0{width}d}-{hi:0{width}d}.{suffix}"
+
+
+def _png_relpath(index: int, width: int) -> str:
+    return f"images/{index // _IMAGES_PER_FOLDER:0{width}d}/{index:0{width}d}.png"
+
+
+def _shard_relpath(lo: int, hi: int, width: int) -> str:
+    return "shards/" + _range_name(lo, hi, width, "safetensors")
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    # Round to nearest: loading back as x / 255 is then within 1/510 of the generated float image.
+    return image.detach().cpu().mul(255).round_().clamp_(0, 255).to(torch.uint8).contiguous()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise SavedDatasetError(f"{str(path)!r} is not valid JSON: {error}.") from error
+    if not isinstance(value, dict):
+        raise SavedDatasetError(f"{str(path)!r} should hold a JSON object, but holds {type(value).__name__}.")
+    return value
+
+
+def _write_json(path: Path, value: Mapping[str, Any]) -> None:
+    with atomic_write(path, "w") as handle:
+        json.dump(value, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def _csv_bytes(rows: Iterable[Sequence[Any]]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(_LABEL_COLUMNS)
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")
+
+
+def _settings_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{key}: {found.get(key)!r} (requested {expected.get(key)!r})"
+        for key in _SETTING_KEYS
+        if expected.get(key) != found.get(key)
+    ]
+
+
+def _parameters_sha256(backend: Backend) -> str:
+    """A digest of the backend's tensors, so that a resumed save cannot mix two different models."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backend.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_ranges(folder: Path, suffix: str) -> list[tuple[int, int, Path]]:
+    """The ``lo-hi.<suffix>`` files of a folder as sorted ``(lo, hi, path)``; temporary files are skipped."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _RANGE_NAME.match(path.name)
+        if match and match.group(3) == suffix:
+            found.append((int(match.group(1)), int(match.group(2)), path))
+    return sorted(found)
+
+
+def _covered(root: Path, size: int) -> list[tuple[int, int, Path]]:
+    """The finished chunks of a save in progress, checked to lie in ``[0, size)`` without overlapping."""
+    records = _read_ranges(root / "records", "csv")
+    end = 0
+    for lo, hi, path in records:
+        if not 0 <= lo < hi <= size:
+            raise SavedDatasetError(f"Record {str(path)!r} covers [{lo}, {hi}), outside [0, {size}).")
+        if lo < end:
+            raise SavedDatasetError(
+                f"Record {str(path)!r} overlaps an earlier record (it starts at {lo}, another ends at {end}). "
+                "Two saves with overlapping index ranges wrote into this folder; ranges given to "
+                "save(start=..., stop=...) in different processes must be disjoint."
+            )
+        end = hi
+    return records
+
+
+def _missing_chunks(
+    covered: Sequence[tuple[int, int, Path]], start: int, stop: int, chunk_size: int
+) -> list[tuple[int, int]]:
+    """Split the indices of ``[start, stop)`` that no record covers into chunks on the ``chunk_size`` grid."""
+    gaps, cursor = [], start
+    for lo, hi, _ in covered:
+        if hi <= cursor or lo >= stop:
+            continue
+        if lo > cursor:
+            gaps.append((cursor, lo))
+        cursor = max(cursor, hi)
+    if cursor < stop:
+        gaps.append((cursor, stop))
+    chunks = []
+    for lo, hi in gaps:
+        # Cut on absolute multiples of chunk_size, so that the files do not depend on where a run was interrupted.
+        while lo < hi:
+            cut = min(hi, (lo // chunk_size + 1) * chunk_size)
+            chunks.append((lo, cut))
+            lo = cut
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------- the generated dataset
+class CounterfactualDataset(VisionDataset):
+    """Counterfactual images generated on the fly by a backend, the same for the same seed everywhere.
+
+    Item ``i`` is ``(image, target)``: the image is a float tensor ``(C, H, W)`` in [0, 1] (before
+    ``transform``), made from the classes and per-sample seed that ``(seed, i)`` alone determine. Shape,
+    texture and background classes are drawn uniformly; mechanisms not in ``vary`` take the shape class
+    (the three classes are always drawn, so changing ``vary`` leaves the shape classes as they were).
+
+    Every item is generated alone, not in a batch: on CPUs, convolution results differ in the last bits
+    between batch sizes, so this is what makes item ``i`` bitwise identical whatever the DataLoader batch
+    size, number of workers, index order or process. It also means a DataLoader with workers is the way to
+    generate fast. A backend given by name is loaded lazily, once per process (each DataLoader worker loads
+    its own copy; the loaded model is never pickled); a backend given as an object is used, and pickled, as is.
+
+    Args:
+        backend: a backend name from :func:`cfaug.list_backends`, or a loaded :class:`~cfaug.Backend`.
+        weights: the backend's named weights or a checkpoint path (``None``: its default). Only with a name.
+        size: number of items.
+        seed: the dataset seed; a non-negative integer.
+        vary: the mechanisms that get a class of their own, a subset of ``("texture", "background")``.
+        target: ``"shape"`` for the shape class (an int), ``"all"`` for ``(shape, texture, background)``.
+        transform: applied to the image tensor.
+        target_transform: applied to the target.
+        device: where to generate with a backend loaded by name (CPU when ``None``). Items are returned on
+            the CPU. A backend object is used on its own device. With a GPU, generate in the main process
+            (DataLoader ``num_workers=0``): CUDA does not work in forked DataLoader workers.
+        backend_kwargs: extra arguments for the backend's ``from_pretrained`` (only with a name).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument has an invalid value, or the backend name is unknown.
+
+    Examples:
+        >>> import cfaug
+        >>> data = cfaug.CounterfactualDataset("mnist", weights="colored_mnist", size=50_000)  # doctest: +SKIP
+        >>> image, label = data[0]  # doctest: +SKIP
+        >>> image.shape, label  # doctest: +SKIP
+        (torch.Size([3, 32, 32]), 7)
+        >>> data.save("cf_colored_mnist", format="png", num_workers=4)  # doctest: +SKIP
+        True
+        >>> saved = cfaug.CounterfactualDataset.load("cf_colored_mnist")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        backend: str | Backend = "mnist",
+        weights: str | os.PathLike[str] | None = None,
+        size: int = 10_000,
+        seed: int = 0,
+        vary: Sequence[str] | str = VARYING_MECHANISMS,
+        target: str = "shape",
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
+        device: torch.device | str | None = None,
+        backend_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            root=None,
+            transform=_check_callable(transform, "transform"),
+            target_transform=_check_callable(target_transform, "target_transform"),
+        )
+        self.size = check_positive_int(size, "size")
+        self.seed = _check_seed(seed)
+        self.vary = _check_vary(vary)
+        self.target = verify_str_arg(target, "target", TARGETS)
+        if backend_kwargs is not None and not isinstance(backend_kwargs, Mapping):
+            raise TypeError(f"`backend_kwargs` should be a mapping or None, but got {type(backend_kwargs).__name__}.")
+        self.backend_kwargs = dict(backend_kwargs or {})
+        if isinstance(backend, Backend):
+            for arg, value in (("weights", weights), ("device", device), ("backend_kwargs", backend_kwargs)):
+                if value is not None:
+                    raise ValueError(
+                        f"`{arg}` applies to a backend given by name; the backend object given is already "
+                        f"loaded (weights {backend.weights_name!r} on {backend.device}), but got {arg}={value!r}."
+                    )
+            self._backend_class: type[Backend] = type(backend)
+            self._backend: Backend | None = backend
+            self._loaded_by_name = False
+            self.backend_name = backend.name
+            self.weights = backend.weights_name
+            self._device: torch.device | None = None  # the backend object's own device
+        elif isinstance(backend, str):
+            if weights is not None and not isinstance(weights, (str, os.PathLike)):
+                raise TypeError(
+                    f"`weights` should be a weights name, a checkpoint path or None, but got {type(weights).__name__}."
+                )
+            # Resolving the class now reports an unknown name at once, without reading any weights.
+            self._backend_class = get_backend_class(backend)
+            self._backend = None
+            self._loaded_by_name = True
+            self.backend_name = backend
+            self.weights = None if weights is None else os.fspath(weights)
+            self._device = torch.device(device if device is not None else "cpu")
+        else:
+            raise TypeError(
+                f"`backend` should be a backend name (str) or a cfaug.Backend, but got {type(backend).__name__}."
+            )
+
+    # ------------------------------------------------------------------------------------------------ backend
+    @property
+    def backend(self) -> Backend:
+        """The backend, loaded on first use in each process when it was given by name."""
+        if self._backend is None:
+            self._backend = self._backend_class.from_pretrained(
+                weights=self.weights, device=self._device, **self.backend_kwargs
+            )
+        return self._backend
+
+    @property
+    def device(self) -> torch.device:
+        """Where images are generated (they are returned on the CPU)."""
+        if self._device is None:
+            return self.backend.device
+        return self._device
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of each mechanism (loads the backend)."""
+        return self.backend.num_classes
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._loaded_by_name:
+            # A worker or another process reloads it by name instead of receiving a pickled model.
+            state["_backend"] = None
+        return state
+
+    # ---------------------------------------------------------------------------------------------- items
+    def __len__(self) -> int:
+        return self.size
+
+    def info(self, index: int) -> CounterfactualInfo:
+        """The classes and per-sample seed of item ``index``, without generating its image.
+
+        Raises:
+            TypeError: ``index`` is not an integer.
+            IndexError: ``index`` is out of range.
+        """
+        i = _check_index(index, self.size)
+        seeds = index_seeds(self.seed, [i])
+        shape, texture, background = per_sample_randint(seeds, _CLASS_STREAM, self.num_classes, (3,))[0].tolist()
+        return CounterfactualInfo(
+            index=i,
+            shape=shape,
+            texture=texture if "texture" in self.vary else shape,
+            background=background if "background" in self.vary else shape,
+            seed=int(seeds[0]),
+        )
+
+    def _generate(self, info: CounterfactualInfo) -> Components:
+        return self.backend.sample(
+            [info.shape], [info.texture], [info.background], seeds=torch.tensor([info.seed], dtype=torch.int64)
+        )
+
+    def components(self, index: int) -> Components:
+        """The mask, foreground, background and image of item ``index``, as a batch of one, on the CPU."""
+        return self._generate(self.info(index)).to("cpu")
+
+    def image(self, index: int) -> torch.Tensor:
+        """The image of item ``index``, ``(C, H, W)`` in [0, 1] on the CPU, before ``transform``."""
+        return self._generate(self.info(index)).image[0].cpu()
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        info = self.info(index)
+        image: Any = self._generate(info).image[0].cpu()
+        target: Any = _target_of(info, self.target)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def extra_repr(self) -> str:
+        """The settings shown by ``repr``."""
+        lines = [
+            f"Backend: {self.backend_name} (weights {'default' if self.weights is None else repr(self.weights)})",
+            f"Seed: {self.seed}",
+            f"Vary: {self.vary}",
+            f"Target: {self.target}",
+            f"Device: {self.device}",
+        ]
+        if self.backend_kwargs:
+            lines.append(f"Backend kwargs: {self.backend_kwargs}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def settings(self, format: str = "png") -> dict[str, Any]:
+        """The settings that define this dataset on disk, as written to ``manifest.json`` (loads the backend)."""
+        verify_str_arg(format, "format", SAVE_FORMATS)
+        backend = self.backend
+        return {
+            "dataset_format_version": DATASET_FORMAT_VERSION,
+            "cfaug_version": __version__,
+            "backend": backend.name,
+            "weights": backend.weights_name,
+            "weights_sha256": backend.weights_sha256,
+            "parameters_sha256": _parameters_sha256(backend),
+            "arch": backend.arch_config(),
+            "num_classes": backend.num_classes,
+            "class_names": list(backend.class_names),
+            "image_size": backend.image_size,
+            "channels": backend.channels,
+            "seed": self.seed,
+            "size": self.size,
+            "vary": list(self.vary),
+            "target": self.target,
+            "format": format,
+        }
+
+    def save(
+        self,
+        root: str | os.PathLike[str],
+        format: str = "png",
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        chunk_size: int = 256,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> bool:
+        """Write items ``[start, stop)`` to ``root``, resuming whatever an earlier call left unfinished.
+
+        Images are stored as 8-bit values (``round(255 * x)``), so loading them back gives the generated
+        images within 1/510. ``format="png"`` writes one PNG per item (1 or 3 channels), readable by any image
+        tool; ``format="safetensors"`` writes one uint8 tensor shard per chunk, better for millions of small
+        images. Both come with ``labels.csv`` (index, classes, seed, file, sha256) and ``manifest.json``.
+
+        Calling ``save`` again with the same settings skips the chunks already on disk, so an interrupted
+        save is resumed by repeating the call. Processes may each save a disjoint ``[start, stop)`` range into
+        one ``root`` at the same time; the call that completes the last range writes the manifest.
+
+        Args:
+            root: the output folder (created if needed).
+            format: ``"png"`` or ``"safetensors"``.
+            start: first index to write.
+            stop: one past the last index to write; ``len(self)`` when ``None``.
+            chunk_size: items per chunk: the unit of resuming, and the shard size of ``"safetensors"``.
+                Chunks lie on multiples of ``chunk_size``, so the files do not depend on interruptions
+                (shards of ``"safetensors"`` also start at each range's ``start``; their items do not change).
+            num_workers: DataLoader workers that generate and write chunks in parallel (0: this process).
+            progress: show a progress bar.
+
+        Returns:
+            Whether the whole dataset is now on disk and ``manifest.json`` written.
+
+        Raises:
+            TypeError: an argument has the wrong type.
+            ValueError: an argument has an invalid value, or the channels cannot be stored as PNG.
+            SavedDatasetError: ``root`` holds a dataset saved with other settings, or is corrupted.
+        """
+        fmt = verify_str_arg(format, "format", SAVE_FORMATS)
+        start = check_positive_int(start, "start", allow_zero=True)
+        stop = self.size if stop is None else check_positive_int(stop, "stop")
+        if not start < stop <= self.size:
+            raise ValueError(
+                f"`start` and `stop` should satisfy 0 <= start < stop <= {self.size} (the dataset size), "
+                f"but got start={start} and stop={stop}."
+            )
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
+        num_workers = check_positive_int(num_workers, "num_workers", allow_zero=True)
+        if fmt == "png" and self.backend.channels not in (1, 3):
+            raise ValueError(
+                f"format='png' stores 1 or 3 channels, but backend {self.backend_name!r} makes "
+                f"{self.backend.channels}-channel images; use format='safetensors'."
+            )
+        root = Path(root)
+        settings = self.settings(fmt)
+        _check_existing_settings(root, settings)
+        if (root / _MANIFEST).is_file():
+            return True  # finished earlier, with the same settings
+        width = _width(self.size)
+        part = root / "parts" / _range_name(start, stop, width, "json")
+        part_info = {**settings, "start": start, "stop": stop, "device": str(self.device)}
+        _write_json(part, {**part_info, "complete": False})
+
+        chunks = _missing_chunks(_covered(root, self.size), start, stop, chunk_size)
+        if chunks:
+            writer = _ChunkWriter(self, root, fmt, chunks, width)
+            # batch_size=None: each loader item is one whole chunk, generated and written inside the worker.
+            loader = DataLoader(writer, batch_size=None, shuffle=False, num_workers=min(num_workers, len(chunks)))
+            total = sum(hi - lo for lo, hi in chunks)
+            with tqdm(total=total, unit="img", desc=f"Saving {root.name or root}", disable=not progress) as bar:
+                for written in loader:
+                    bar.update(int(written))
+        _write_json(part, {**part_info, "complete": True})
+
+        covered = _covered(root, self.size)
+        if sum(hi - lo for lo, hi, _ in covered) < self.size:
+            return False  # other ranges are still missing (another process, or a later call)
+        _finalize(root)
+        return True
+
+    @staticmethod
+    def finalize(root: str | os.PathLike[str]) -> Path:
+        """Merge the chunks of a dataset saved in several ranges into ``labels.csv`` and ``manifest.json``.
+
+        :meth:`save` calls this itself when it completes the last missing range; call it as a separate
+        step after distributed saves, e.g. on rank 0 after a barrier. Merging twice gives the same files.
+
+        Returns:
+            The path of ``manifest.json``.
+
+        Raises:
+            SavedDatasetError: indices are missing, chunks overlap, a file is missing, or the ranges were
+                saved with different settings.
+        """
+        return _finalize(Path(root))
+
+    @staticmethod
+    def load(root: str | os.PathLike[str], **kwargs: Any) -> SavedCounterfactualDataset:
+        """Read a dataset written by :meth:`save`; ``kwargs`` go to :class:`SavedCounterfactualDataset`."""
+        return SavedCounterfactualDataset(root, **kwargs)
+
+
+class _ChunkWriter(Dataset):
+    """Generates and writes whole chunks; a DataLoader runs it in workers. Item ``k`` writes chunk ``k``."""
+
+    def __init__(
+        self, dataset: CounterfactualDataset, root: Path, fmt: str, chunks: list[tuple[int, int]], width: int
+    ) -> None:
+        self.dataset, self.root, self.fmt, self.chunks, self.width = dataset, root, fmt, chunks, width
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> int:
+        lo, hi = self.chunks[k]
+        infos = [self.dataset.info(i) for i in range(lo, hi)]
+        rows = []
+        if self.fmt == "png":
+            for info in infos:
+                data = encode_png(_to_uint8(self.dataset._generate(info).image[0])).numpy().tobytes()
+                relpath = _png_relpath(info.index, self.width)
+                with atomic_write(self.root / relpath) as handle:
+                    handle.write(data)
+                rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))
+        else:
+            images = torch.stack([_to_uint8(self.dataset._generate(info).image[0]) for info in infos])
+
+            def column(name: str) -> torch.Tensor:
+                return torch.tensor([getattr(info, name) for info in infos], dtype=torch.int64)
+
+            tensors = {"images": images, **{name: column(name) for name in _LABEL_COLUMNS[:5]}}
+            # No metadata dict: the header, hence the file's bytes and sha256, depend only on the tensors.
+            data = _safetensors_save(tensors)
+            relpath = _shard_relpath(lo, hi, self.width)
+            with atomic_write(self.root / relpath) as handle:
+                handle.write(data)
+            digest = hashlib.sha256(data).hexdigest()
+            rows = [(*_info_row(info), relpath, digest) for info in infos]
+        # The record goes last: a chunk counts as done only once all its files are complete on disk.
+        with atomic_write(self.root / "records" / _range_name(lo, hi, self.width, "csv")) as handle:
+            handle.write(_csv_bytes(rows))
+        return hi - lo
+
+
+def _info_row(info: CounterfactualInfo) -> tuple[int, int, int, int, int]:
+    return info.index, info.shape, info.texture, info.background, info.seed
+
+
+def _check_existing_settings(root: Path, settings: Mapping[str, Any]) -> None:
+    existing = [root / _MANIFEST] if (root / _MANIFEST).is_file() else []
+    existing += [path for _, _, path in _read_ranges(root / "parts", "json")]
+    for path in existing:
+        differences = _settings_difference(settings, _read_json(path))
+        if differences:
+            raise SavedDatasetError(
+                f"{str(root)!r} holds a dataset saved with other settings ({path.relative_to(root)}): "
+                + "; ".join(differences)
+                + ". Save into another folder, or delete this one to start again."
+            )
+
+
+def _parse_rows(data: bytes, source: str) -> list[tuple[int, int, int, int, int, str, str]]:
+    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    header = next(reader, None)
+    if header is None or tuple(header) != _LABEL_COLUMNS:
+        raise SavedDatasetError(f"{source} should start with the header {','.join(_LABEL_COLUMNS)}, but got {header}.")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            if len(row) != len(_LABEL_COLUMNS):
+                raise ValueError(f"{len(row)} fields instead of {len(_LABEL_COLUMNS)}")
+            rows.append((*(int(v) for v in row[:5]), row[5], row[6]))
+        except ValueError as error:
+            raise SavedDatasetError(f"{source}, line {line}: {error}.") from error
+    return rows  # type: ignore[return-value]
+
+
+def _finalize(root: Path) -> Path:
+    parts = _read_ranges(root / "parts", "json")
+    if not parts:
+        raise SavedDatasetError(f"{str(root)!r} holds no partial manifest (parts/*.json): nothing was saved there.")
+    settings = {key: _read_json(parts[0][2]).get(key) for key in _SETTING_KEYS}
+    _check_existing_settings(root, settings)
+    size = settings["size"]
+    if not isinstance(size, int) or size <= 0:
+        raise SavedDatasetError(f"{str(parts[0][2])!r} has an invalid size {size!r}.")
+    covered = _covered(root, size)
+    done = sum(hi - lo for lo, hi, _ in covered)
+    if done < size:
+        raise SavedDatasetError(
+            f"{str(root)!r} is incomplete: {done} of {size} items are saved. Finish it by calling save() again "
+            "with the same settings (for every missing range)."
+        )
+    body = bytearray(",".join(_LABEL_COLUMNS).encode() + b"\n")
+    for lo, hi, path in covered:
+        data = path.read_bytes()
+        rows = _parse_rows(data, repr(str(path)))
+        if [row[0] for row in rows] != list(range(lo, hi)):
+            raise SavedDatasetError(f"{str(path)!r} should list the indices {lo} to {hi - 1} in order, but does not.")
+        for relpath in sorted({row[5] for row in rows}):
+            if not (root / relpath).is_file():
+                raise SavedDatasetError(f"{str(root / relpath)!r}, listed in {str(path)!r}, is missing.")
+        body += data.split(b"\n", 1)[1]
+    with atomic_write(root / _LABELS) as handle:
+        handle.write(bytes(body))
+    manifest = {
+        **settings,
+        "complete": True,
+        "labels": _LABELS,
+        "labels_sha256": hashlib.sha256(body).hexdigest(),
+    }
+    # The manifest is written last: its presence means every file it describes is in place.
+    _write_json(root / _MANIFEST, manifest)
+    return root / _MANIFEST
+
+
+# ------------------------------------------------------------------------------------------- the saved dataset
+class SavedCounterfactualDataset(VisionDataset):
+    """A counterfactual dataset read from the files :meth:`CounterfactualDataset.save` wrote.
+
+    Items have the interface of :class:`CounterfactualDataset`: a float image ``(C, H, W)`` in [0, 1] (the
+    stored 8-bit values divided by 255) and the shape class or the three classes as target.
+
+    Args:
+        root: the folder given to :meth:`CounterfactualDataset.save`.
+        target: ``"shape"`` or ``"all"``; the target the dataset was saved with when ``None``.
+        transform: applied to the image tensor.
+        target_transform: applied to the target.
+        verify: check on opening that the manifest is complete, ``labels.csv`` matches its digest and every
+            file exists, and check each file's sha256 when it is read (PNGs on every read, shards once per
+            process). :meth:`verify` hashes everything at once.
+
+    Raises:
+        SavedDatasetError: the folder holds no finished dataset, or a file is missing or corrupted.
+
+    Examples:
+        >>> saved = SavedCounterfactualDataset("cf_colored_mnist", target="all")  # doctest: +SKIP
+        >>> image, (shape, texture, background) = saved[0]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        target: str | None = None,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        target_transform: Callable[[Any], Any] | None = None,
+        verify: bool = True,
+    ) -> None:
+        super().__init__(
+            root=Path(root),
+            transform=_check_callable(transform, "transform"),
+            target_transform=_check_callable(target_transform, "target_transform"),
+        )
+        if not isinstance(verify, bool):
+            raise TypeError(f"`verify` should be a bool, but got {type(verify).__name__} {verify!r}.")
+        self.verify_reads = verify
+        self.manifest = self._read_manifest()
+        self.target = verify_str_arg(self.manifest["target"] if target is None else target, "target", TARGETS)
+        self.format = self.manifest["format"]
+        size = self.manifest["size"]
+        labels = (self.root / _LABELS).read_bytes()
+        if verify and hashlib.sha256(labels).hexdigest() != self.manifest.get("labels_sha256"):
+            raise SavedDatasetError(
+                f"{str(self.root / _LABELS)!r} does not match the sha256 in {_MANIFEST}; the file was changed "
+                "or is corrupted."
+            )
+        rows = _parse_rows(labels, repr(str(self.root / _LABELS)))
+        if [row[0] for row in rows] != list(range(size)):
+            raise SavedDatasetError(f"{str(self.root / _LABELS)!r} should list the indices 0 to {size - 1} in order.")
+        # Compact per-row storage: a million items cost ~70 MB as tensors, several times that as Python tuples.
+        self._labels = torch.tensor([row[1:5] for row in rows], dtype=torch.int64).reshape(-1, 4)
+        self._files = sorted({row[5] for row in rows})
+        file_ids = {name: k for k, name in enumerate(self._files)}
+        self._file_of = torch.tensor([file_ids[row[5]] for row in rows], dtype=torch.int64)
+        # Row of each item within its file (always 0 for PNGs): items of one shard are consecutive.
+        first_row: dict[str, int] = {}
+        self._offset_of = torch.tensor([row[0] - first_row.setdefault(row[5], row[0]) for row in rows])
+        self._first_row_of_file = [first_row[name] for name in self._files]
+        try:
+            digests = bytes.fromhex("".join(row[6] for row in rows))
+        except ValueError as error:
+            raise SavedDatasetError(f"The sha256 column of {str(self.root / _LABELS)!r} is not hex: {error}.") from None
+        if len(digests) != 32 * size:
+            raise SavedDatasetError(
+                f"The sha256 column of {str(self.root / _LABELS)!r} should hold 64 hex digits a row."
+            )
+        self._sha = torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(-1, 32)
+        if verify:
+            for name in self._files:
+                if not (self.root / name).is_file():
+                    raise SavedDatasetError(f"{str(self.root / name)!r}, listed in {_LABELS}, is missing.")
+        self._shards: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    def _read_manifest(self) -> dict[str, Any]:
+        path = self.root / _MANIFEST
+        if not path.is_file():
+            parts = _read_ranges(self.root / "parts", "json")
+            if parts:
+                size = _read_json(parts[0][2]).get("size")
+                done = sum(hi - lo for lo, hi, _ in _read_ranges(self.root / "records", "csv"))
+                raise SavedDatasetError(
+                    f"{str(self.root)!r} holds an unfinished save ({done} of {size} items, no {_MANIFEST}). "
+                    "Finish it by calling CounterfactualDataset.save() again with the same settings, or "
+                    "CounterfactualDataset.finalize() once every range is saved."
+                )
+            raise SavedDatasetError(
+                f"{str(self.root)!r} holds no saved counterfactual dataset ({_MANIFEST} not found)."
+            )
+        manifest = _read_json(path)
+        if manifest.get("complete") is not True:
+            raise SavedDatasetError(f"{str(path)!r} is not marked complete; the dataset was not finished.")
+        missing = [key for key in (*_SETTING_KEYS, "labels_sha256") if key not in manifest]
+        if missing:
+            raise SavedDatasetError(f"{str(path)!r} lacks the fields {missing}.")
+        if manifest["dataset_format_version"] != DATASET_FORMAT_VERSION:
+            raise SavedDatasetError(
+                f"{str(path)!r} has dataset_format_version {manifest['dataset_format_version']!r}; this cfaug "
+                f"({__version__}) reads version {DATASET_FORMAT_VERSION}."
+            )
+        if manifest["format"] not in SAVE_FORMATS:
+            raise SavedDatasetError(f"{str(path)!r} has an unknown format {manifest['format']!r}.")
+        return manifest
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_shards"] = OrderedDict()  # each process reads (and verifies) the shards it needs itself
+        return state
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def info(self, index: int) -> CounterfactualInfo:
+        """The classes and per-sample seed of item ``index``, as saved."""
+        i = _check_index(index, len(self))
+        shape, texture, background, seed = self._labels[i].tolist()
+        return CounterfactualInfo(index=i, shape=shape, texture=texture, background=background, seed=seed)
+
+    def _read_checked(self, relpath: str, expected: bytes) -> bytes:
+        path = self.root / relpath
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SavedDatasetError(f"{str(path)!r}, listed in {_LABELS}, is missing.") from None
+        if self.verify_reads and hashlib.sha256(data).digest() != expected:
+            raise SavedDatasetError(
+                f"{str(path)!r} does not match its sha256 in {_LABELS} ({expected.hex()}); it is corrupted."
+            )
+        return data
+
+    def _shard(self, relpath: str, expected: bytes) -> dict[str, torch.Tensor]:
+        if relpath not in self._shards:
+            self._shards[relpath] = _safetensors_load(self._read_checked(relpath, expected))
+            while len(self._shards) > 2:  # a DataLoader reads mostly sequentially within a worker
+                self._shards.popitem(last=False)
+        return self._shards[relpath]
+
+    def image(self, index: int) -> torch.Tensor:
+        """The stored image of item ``index`` as floats ``(C, H, W)`` in [0, 1], before ``transform``."""
+        i = _check_index(index, len(self))
+        relpath, expected = self._files[int(self._file_of[i])], bytes(self._sha[i].tolist())
+        if self.format == "png":
+            data = self._read_checked(relpath, expected)
+            pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        else:
+            pixels = self._shard(relpath, expected)["images"][int(self._offset_of[i])]
+        return pixels.float().div_(255)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        info = self.info(index)
+        image: Any = self.image(info.index)
+        target: Any = _target_of(info, self.target)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def verify(self) -> None:
+        """Hash every file and compare it with ``labels.csv``.
+
+        Raises:
+            SavedDatasetError: a file is missing or corrupted; the message names it.
+        """
+        for k, relpath in enumerate(self._files):
+            path = self.root / relpath
+            if not path.is_file():
+                raise SavedDatasetError(f"{str(path)!r}, listed in {_LABELS}, is missing.")
+            expected = bytes(self._sha[self._first_row_of_file[k]].tolist()).hex()
+            if sha256_file(path) != expected:
+                raise SavedDatasetError(f"{str(path)!r} does not match its sha256 in {_LABELS} ({expected}).")
+
+    def extra_repr(self) -> str:
+        """The saved settings shown by ``repr``."""
+        m = self.manifest
+        return "\n".join(
+            [
+                f"Backend: {m['backend']} (weights {m['weights']!r})",
+                f"Seed: {m['seed']}",
+                f"Vary: {tuple(m['vary'])}",
+                f"Target: {self.target}",
+                f"Format: {self.format}",
+            ]
+        )
+
+
+# ------------------------------------------------------------------------------------------------- mixing
+class MixedDataset(Dataset):
+    """Real and counterfactual items mixed at a fixed ratio, the same for the same seed.
+
+    A fixed, seeded choice of ``round(counterfactual_fraction * size)`` positions holds counterfactual items
+    (taken in order, cycling if needed); the other positions hold real items, in a seeded order that uses
+    every real item once before any repeats. With ``size=None`` the dataset is just large enough to hold
+    every real item once. Shuffle it with the DataLoader as usual.
+
+    Both datasets must return items of one format. Counterfactual items are float tensors ``(C, H, W)`` in
+    [0, 1] and the shape class as target, so give the real dataset transforms that produce the same, e.g.
+    for MNIST with a 3-channel 32x32 backend::
+
+        from torchvision.transforms import v2
+        to_cf_format = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize((32, 32)), v2.RGB()])
+        real = torchvision.datasets.MNIST(root, train=True, transform=to_cf_format)
+        cf = CounterfactualDataset("mnist", weights="colored_mnist", size=60_000)
+        train = MixedDataset(real, cf, counterfactual_fraction=0.5)
+
+    Apply the training augmentation and normalisation after mixing (e.g. on the batch), or give both
+    datasets the same ``transform``. With ``target="all"`` on the counterfactual side, give the real dataset a
+    ``target_transform`` that returns ``(label, label, label)``.
+
+    Args:
+        real: a map-style dataset of real items.
+        counterfactual: a map-style dataset of counterfactual items (any sized dataset works).
+        counterfactual_fraction: the share of counterfactual items, in [0, 1].
+        size: number of items; ``None`` for ``ceil(len(real) / (1 - counterfactual_fraction))``, or
+            ``len(counterfactual)`` when the fraction is 1.
+        seed: seeds the choice of positions and the order of real items; a non-negative integer.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument has an invalid value, or a dataset that must supply items is empty.
+    """
+
+    def __init__(
+        self,
+        real: Dataset,
+        counterfactual: Dataset,
+        counterfactual_fraction: float = 0.5,
+        size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        for arg, value in (("real", real), ("counterfactual", counterfactual)):
+            if not (hasattr(value, "__getitem__") and hasattr(value, "__len__")):
+                raise TypeError(
+                    f"`{arg}` should be a map-style dataset (with __getitem__ and __len__), but got "
+                    f"{type(value).__name__}."
+                )
+        self.real, self.counterfactual = real, counterfactual
+        self.counterfactual_fraction = check_probability(counterfactual_fraction, "counterfactual_fraction")
+        self.seed = _check_seed(seed)
+        # Exact rational arithmetic: 0.3 must give 7 real items out of 10, not 11 items from 7 / 0.7000000000000001.
+        fraction = Fraction(self.counterfactual_fraction).limit_denominator(1_000_000)
+        if size is None:
+            if fraction == 1:
+                size = len(counterfactual)
+                num_cf = size
+            else:
+                size = math.ceil(len(real) / (1 - fraction))
+                num_cf = size - len(real)
+        else:
+            size = check_positive_int(size, "size")
+            num_cf = math.floor(size * fraction + Fraction(1, 2))
+        if size <= 0:
+            raise ValueError(f"`size` should be positive, but the datasets give {size} items; pass `size`.")
+        self.size, self.num_counterfactual = size, num_cf
+        for arg, value, needed in (("real", real, size - num_cf), ("counterfactual", counterfactual, num_cf)):
+            if needed and len(value) == 0:
+                raise ValueError(f"`{arg}` is empty, but {needed} of the {size} items should come from it.")
+        positions = torch.Generator().manual_seed(mix_seed(seed, 0))
+        is_cf = torch.zeros(size, dtype=torch.bool)
+        is_cf[torch.randperm(size, generator=positions)[:num_cf]] = True
+        # Rank of each position among the positions of its own source.
+        rank = torch.where(is_cf, is_cf.cumsum(0) - 1, (~is_cf).cumsum(0) - 1)
+        self._is_cf = is_cf
+        self._source_index = rank.clone()
+        if num_cf:
+            self._source_index[is_cf] = rank[is_cf] % len(counterfactual)
+        if size - num_cf:
+            real_order = torch.randperm(len(real), generator=torch.Generator().manual_seed(mix_seed(seed, 1)))
+            self._source_index[~is_cf] = real_order[rank[~is_cf] % len(real)]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def is_counterfactual(self, index: int) -> bool:
+        """Whether item ``index`` comes from the counterfactual dataset."""
+        return bool(self._is_cf[_check_index(index, self.size)])
+
+    def source(self, index: int) -> tuple[str, int]:
+        """Which dataset item ``index`` comes from (``"real"`` or ``"counterfactual"``) and its index there."""
+        i = _check_index(index, self.size)
+        return ("counterfactual" if self._is_cf[i] else "real"), int(self._source_index[i])
+
+    def __getitem__(self, index: int) -> Any:
+        name, inner = self.source(index)
+        return (self.counterfactual if name == "counterfactual" else self.real)[inner]
+
+    def __repr__(self) -> str:
+        lines = [
+            f"Number of datapoints: {self.size}",
+            f"Counterfactual fraction: {self.counterfactual_fraction} ({self.num_counterfactual} items)",
+            f"Seed: {self.seed}",
+        ]
+        for name, value in (("Real", self.real), ("Counterfactual", self.counterfactual)):
+            inner = repr(value).splitlines()
+            lines += [f"{name}: {inner[0]}", *("  " + line for line in inner[1:])]
+        return "\n".join([f"Dataset {type(self).__name__}", *("    " + line for line in lines)])
