@@ -7,7 +7,7 @@ import hashlib
 import importlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
@@ -53,11 +53,17 @@ def check_positive_int(value: Any, arg: str, *, allow_zero: bool = False) -> int
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = True) -> Generator[IO[Any], None, None]:
     """Write a file so that readers see either the old content or the complete new content.
 
     The data goes to a temporary file in the same folder, which is flushed, synced and then renamed over
     ``path``. If the block raises, the temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: the destination.
+        mode: the file mode, ``"wb"`` or ``"w"``.
+        fsync: sync the data to disk before the rename. Skipping it keeps the rename atomic for other
+            processes but not across a power loss; callers that skip it must commit a checksummed record later.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +72,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

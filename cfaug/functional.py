@@ -36,7 +36,8 @@ def composite(mask: torch.Tensor, foreground: torch.Tensor, background: torch.Te
             f"`foreground` and `background` should have the same shape, but got {tuple(foreground.shape)} "
             f"and {tuple(background.shape)}."
         )
-    if mask.dim() != foreground.dim() or mask.shape[0] != foreground.shape[0] or mask.shape[-2:] != foreground.shape[-2:]:
+    same_layout = mask.dim() == foreground.dim() and mask.shape[0] == foreground.shape[0]
+    if not same_layout or mask.shape[-2:] != foreground.shape[-2:]:
         raise ValueError(
             f"`mask` should be (B, 1, H, W) matching the foreground {tuple(foreground.shape)}, "
             f"but got {tuple(mask.shape)}."

@@ -257,7 +257,6 @@ def plugin_dir(tmp_path, monkeypatch):
     def make(dist: str, entries: str, module_source: str, module: str = "fakeplug_mod") -> Path:
         root = tmp_path / dist
         info = root / f"{dist.replace('-', '_')}-0.1.dist-info"  # wheel naming: the folder stem has no '-'
-
         info.mkdir(parents=True)
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
         (info / "entry_points.txt").write_text(f"[cfaug.backends]\n{entries}\n")
@@ -289,7 +288,8 @@ def test_entry_point_plugin_is_discovered_lazily_and_loaded(plugin_dir):
 
 
 def test_broken_plugin_names_itself_and_spares_the_others(plugin_dir):
-    plugin_dir("fakeplug-broken", "broken = fakeplug_broken:Nope", "raise ImportError('no torch_xyz')", "fakeplug_broken")
+    source = "raise ImportError('no torch_xyz')"
+    plugin_dir("fakeplug-broken", "broken = fakeplug_broken:Nope", source, "fakeplug_broken")
     with pytest.raises(registry.BackendImportError, match=r"'broken'.*fakeplug-broken.*no torch_xyz"):
         cfaug.load_backend("broken")
     assert isinstance(cfaug.load_backend("toy"), ToyBackend)

@@ -302,6 +302,7 @@ class Backend(nn.Module, abc.ABC):
         raise NotImplementedError(f"Backend {cls.name!r} does not import foreign checkpoints.")
 
     def extra_repr(self) -> str:
+        """Name, weights and geometry, shown by ``repr(backend)``."""
         return (
             f"name={self.name!r}, weights={self.weights_name!r}, num_classes={self.num_classes}, "
             f"image_size={self.image_size}, channels={self.channels}"
