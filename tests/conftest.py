@@ -40,6 +40,16 @@ def toy() -> ToyBackend:
 
 
 @pytest.fixture(autouse=True)
+def _single_thread():
+    """Run the tests' tiny models on one thread: with two, OpenMP's thread sync costs more than the work it
+    splits, and on a shared CPU a descheduled worker thread stalls every small op (8x slower test files)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def _isolate_rng():
     """Restore the global torch RNG after each test so tests cannot depend on each other's draws."""
     state = torch.get_rng_state()

@@ -153,10 +153,19 @@ class Backend(nn.Module, abc.ABC):
         classes = _check_classes(classes, "classes", self.num_classes)
         if seeds.shape != classes.shape:
             raise ValueError(f"`seeds` should have shape {tuple(classes.shape)}, but got {tuple(seeds.shape)}.")
-        # no_grad rather than inference_mode: inference tensors cannot be saved for backward, and users feed
-        # these images straight into a classifier that is being trained.
-        with torch.no_grad():
-            return run[mechanism](classes.to(self.device), seeds.cpu())
+        # Generation is inference: a backend left in training mode would use batch statistics (so a sample would
+        # depend on its batch) and update running statistics. Switch to eval for the call and back afterwards.
+        was_training = self.training
+        if was_training:
+            self.eval()
+        try:
+            # no_grad rather than inference_mode: inference tensors cannot be saved for backward, and users
+            # feed these images straight into a classifier that is being trained.
+            with torch.no_grad():
+                return run[mechanism](classes.to(self.device), seeds.cpu())
+        finally:
+            if was_training:
+                self.train()
 
     def sample(
         self,

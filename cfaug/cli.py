@@ -1,0 +1,142 @@
+"""The ``cfaug`` command line: list, demo, generate, import-weights, train, evaluate.
+
+Bad arguments end with exit code 2 and a one-line message on stderr, as argparse does for parse errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cfaug.checkpoint import CheckpointError
+from cfaug.hub import WeightsError
+from cfaug.registry import BackendImportError, get_backend_class, list_backends
+
+__all__ = ["build_parser", "main"]
+
+#: Errors that mean "the user asked for something invalid"; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotImplementedError, BackendImportError, ImportError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for name in list_backends(args.pattern):
+        try:
+            cls = get_backend_class(name)
+        except BackendImportError as error:
+            print(f"{name:10s} unavailable: {error}")
+            continue
+        print(f"{name:10s} {cls.__module__}.{cls.__qualname__}")
+        if not cls.named_weights:
+            print("           (no named weights)")
+        for weight in cls.named_weights.values():
+            default = " [default]" if weight.name == cls.default_weights else ""
+            where = "shipped" if weight.url is None else "download"
+            print(f"           - {weight.name}{default} ({where}) {weight.description}")
+    return 0
+
+
+def _cmd_import_weights(args: argparse.Namespace) -> int:
+    cls = get_backend_class(args.backend)
+    backend = cls.import_weights(args.source, config=args.config)
+    backend.save(args.out, **backend.import_meta)
+    print(f"Wrote {args.out} ({cls.name} backend, from {args.source})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cfaug.demo import run_demo
+
+    for path in run_demo(args.out, backend=args.backend, weights=args.weights, seed=args.seed):
+        print(path)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from cfaug.datasets.counterfactual import CounterfactualDataset
+
+    dataset = CounterfactualDataset(
+        args.backend, weights=args.weights, size=args.size, seed=args.seed, vary=tuple(args.vary), target="all"
+    )
+    root = dataset.save(args.out, format=args.format, num_workers=args.workers, start=args.start, stop=args.stop)
+    print(f"Wrote {args.stop or args.size} counterfactuals to {root}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def _missing_group(group: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise NotImplementedError(f"`cfaug {group}` needs a sub-command; see `cfaug {group} --help`.")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``cfaug`` command."""
+    parser = _Parser(prog="cfaug", description="Counterfactual image augmentation (CGN mechanisms).")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    listing = commands.add_parser("list", help="list backends and their named weights")
+    listing.add_argument("pattern", nargs="?", default="*", help="glob over backend names (default: all)")
+    listing.set_defaults(handler=_cmd_list)
+
+    demo = commands.add_parser("demo", help="write a PNG grid of counterfactuals and an augmentation example")
+    demo.add_argument("--out", type=Path, default=Path("cfaug-demo"), help="output folder (default: cfaug-demo)")
+    demo.add_argument("--backend", default="mnist", help="backend name (default: mnist)")
+    demo.add_argument("--weights", default=None, help="named weights or checkpoint path (default: the backend's)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    generate = commands.add_parser("generate", help="generate a counterfactual dataset on disk (resumable)")
+    generate.add_argument("--out", type=Path, required=True, help="dataset folder")
+    generate.add_argument("--size", type=int, required=True, help="number of counterfactuals")
+    generate.add_argument("--backend", default="mnist", help="backend name (default: mnist)")
+    generate.add_argument("--weights", default=None, help="named weights or checkpoint path")
+    generate.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
+    generate.add_argument(
+        "--vary", nargs="+", default=["texture", "background"], help="mechanisms drawn apart from the shape class"
+    )
+    generate.add_argument("--format", choices=["png", "tensor"], default="png", help="storage format")
+    generate.add_argument("--workers", type=int, default=0, help="DataLoader workers generating in parallel")
+    generate.add_argument("--start", type=int, default=0, help="first index to write (for splitting the work)")
+    generate.add_argument("--stop", type=int, default=None, help="index after the last to write (default: size)")
+    generate.set_defaults(handler=_cmd_generate)
+
+    importer = commands.add_parser("import-weights", help="convert a checkpoint of the CGN authors to cfaug's format")
+    importer.add_argument("source", type=Path, help="the authors' checkpoint (.pth state dict)")
+    importer.add_argument("--out", type=Path, required=True, help="destination .safetensors file")
+    importer.add_argument("--config", type=Path, default=None, help="the authors' cfg.yaml (default: beside SRC)")
+    importer.add_argument("--backend", default="mnist", help="backend whose format SRC is in (default: mnist)")
+    importer.set_defaults(handler=_cmd_import_weights)
+
+    for group, help_text in (("train", "train mechanisms or classifiers"), ("evaluate", "run the paper's evaluations")):
+        sub = commands.add_parser(group, help=help_text)
+        sub.set_defaults(handler=_missing_group(group))
+        sub.add_subparsers(dest=f"{group}_command", metavar="TARGET", parser_class=_Parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cfaug`` command; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (*USER_ERRORS, WeightsError, CheckpointError) as error:
+        print(f"cfaug: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
