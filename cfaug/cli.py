@@ -48,7 +48,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_import_weights(args: argparse.Namespace) -> int:
     cls = get_backend_class(args.backend)
     backend = cls.import_weights(args.source, config=args.config)
-    backend.save(args.out, **backend.import_meta)
+    backend.save(args.out)
     print(f"Wrote {args.out} ({cls.name} backend, from {args.source})")
     return 0
 
@@ -67,8 +67,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     dataset = CounterfactualDataset(
         args.backend, weights=args.weights, size=args.size, seed=args.seed, vary=tuple(args.vary), target="all"
     )
-    root = dataset.save(args.out, format=args.format, num_workers=args.workers, start=args.start, stop=args.stop)
-    print(f"Wrote {args.stop or args.size} counterfactuals to {root}")
+    complete = dataset.save(args.out, format=args.format, num_workers=args.workers, start=args.start, stop=args.stop)
+    stop = args.size if args.stop is None else args.stop
+    state = "complete" if complete else "partial: other ranges are still missing"
+    print(f"Wrote counterfactuals [{args.start}, {stop}) to {args.out} (dataset {state})")
     return 0
 
 
@@ -107,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--vary", nargs="+", default=["texture", "background"], help="mechanisms drawn apart from the shape class"
     )
-    generate.add_argument("--format", choices=["png", "tensor"], default="png", help="storage format")
+    generate.add_argument(
+        "--format", choices=["png", "safetensors"], default="png", help="PNG files or uint8 tensor shards"
+    )
     generate.add_argument("--workers", type=int, default=0, help="DataLoader workers generating in parallel")
     generate.add_argument("--start", type=int, default=0, help="first index to write (for splitting the work)")
     generate.add_argument("--stop", type=int, default=None, help="index after the last to write (default: size)")

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from cfaug.backends.base import Backend
@@ -22,6 +23,15 @@ from cfaug.registry import load_backend
 from cfaug.transforms import CounterfactualAugment
 
 __all__ = ["counterfactual_grid", "run_demo"]
+
+#: Smallest side of one picture in the saved grids; 32-pixel images are enlarged (nearest) so they can be seen.
+MIN_CELL = 96
+
+
+def _save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
+    scale = max(1, -(-MIN_CELL // images.shape[-1]))
+    save_image(F.interpolate(images, scale_factor=scale, mode="nearest"), path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
 
 
 def counterfactual_grid(backend: Backend, classes: int | None = None, seed: int = 0) -> torch.Tensor:
@@ -63,8 +73,7 @@ def run_demo(
     paths = []
 
     grid = counterfactual_grid(model, classes=n, seed=seed)
-    paths.append(out / "counterfactual_grid.png")
-    save_image(grid, paths[-1], nrow=n, padding=1, pad_value=1.0)
+    paths.append(_save_grid(grid, out / "counterfactual_grid.png", nrow=n))
 
     generator = torch.Generator().manual_seed(seed)
     shape = torch.arange(n)
@@ -72,8 +81,7 @@ def run_demo(
     background = torch.randint(0, model.num_classes, (n,), generator=generator)
     parts = model.sample(shape, texture, background, generator=generator)
     columns = [parts.mask.expand_as(parts.image), parts.foreground, parts.background, parts.image]
-    paths.append(out / "components.png")
-    save_image(torch.stack(columns, dim=1).flatten(0, 1), paths[-1], nrow=4, padding=1, pad_value=1.0)
+    paths.append(_save_grid(torch.stack(columns, dim=1).flatten(0, 1), out / "components.png", nrow=4))
 
     # "Real" inputs for the augmentation example: factual images (all mechanisms of the label's class), since a
     # fresh machine has no dataset on disk.
@@ -83,6 +91,5 @@ def run_demo(
     augmented, same_labels = augment(originals, labels)
     if not torch.equal(same_labels, labels):
         raise RuntimeError("CounterfactualAugment changed the labels; it must keep the shape class.")
-    paths.append(out / "augment_example.png")
-    save_image(torch.cat([originals, augmented]), paths[-1], nrow=n, padding=1, pad_value=1.0)
+    paths.append(_save_grid(torch.cat([originals, augmented]), out / "augment_example.png", nrow=n))
     return paths
