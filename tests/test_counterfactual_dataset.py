@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import pickle
 from pathlib import Path
@@ -16,7 +17,6 @@ from PIL import Image
 from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from torchvision.io import decode_png
 from torchvision.transforms import v2
 from toy_backend import ToyBackend
 
@@ -589,5 +589,6 @@ def test_mixed_with_real_images_made_to_match_the_documented_way():
 def test_saved_item_decodes_like_any_png(saved_png):
     saved = SavedCounterfactualDataset(saved_png)
     raw = (saved_png / "images" / "000000" / "000001.png").read_bytes()
-    decoded = decode_png(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    with Image.open(io.BytesIO(raw)) as image:
+        decoded = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(saved[1][0], decoded.float() / 255)

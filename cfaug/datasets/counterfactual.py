@@ -1,13 +1,13 @@
 """Counterfactual datasets: generate on the fly, save to disk, load back, mix with real data.
 
-:class:`CounterfactualDataset` turns a backend into a map-style dataset of counterfactual images. Item ``i``
+``CounterfactualDataset`` turns a backend into a map-style dataset of counterfactual images. Item ``i``
 depends only on ``(seed, i)``: its per-sample seed is ``cfaug.seeding.index_seeds(seed, [i])`` and its three
 classes are drawn from a dedicated stream of that seed. The image is generated **alone** (a batch of one),
 because on CPUs convolution results differ in the last bits between batch sizes; generating every item by
 itself is what makes item ``i`` bitwise identical whatever the DataLoader batch size, worker count or order.
 
-:meth:`CounterfactualDataset.save` writes a dataset in a layout other tools can read, and
-:class:`SavedCounterfactualDataset` (also returned by :meth:`CounterfactualDataset.load`) reads it back::
+``CounterfactualDataset.save`` writes a dataset in a layout other tools can read, and
+``SavedCounterfactualDataset`` (also returned by ``CounterfactualDataset.load``) reads it back::
 
     root/
       manifest.json            settings + "complete": true, written last, once every index is on disk
@@ -22,9 +22,9 @@ Every file is written atomically, so an interrupted save leaves only whole files
 same settings skips the indices that already have a record and generates the others, so no index goes
 missing or appears twice. Disjoint ``start``/``stop`` ranges (one per process rank) write disjoint files;
 whichever call completes the last range merges the records into ``labels.csv`` and ``manifest.json``
-(or call :meth:`CounterfactualDataset.finalize` as a separate step).
+(or call ``CounterfactualDataset.finalize`` as a separate step).
 
-:class:`MixedDataset` mixes real and counterfactual items at a fixed ratio, deterministically.
+``MixedDataset`` mixes real and counterfactual items at a fixed ratio, deterministically.
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import PIL.Image
 import torch
 from safetensors.torch import load as _safetensors_load
 from safetensors.torch import save as _safetensors_save
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import VisionDataset
-from torchvision.io import decode_png, encode_png
 from tqdm.auto import tqdm
 
 from cfaug._utils import atomic_write, check_positive_int, check_probability, sha256_file, verify_str_arg
@@ -74,7 +75,7 @@ __all__ = [
 VARYING_MECHANISMS: tuple[str, ...] = ("texture", "background")
 #: ``"shape"``: the target is the shape class; ``"all"``: the ``(shape, texture, background)`` classes.
 TARGETS: tuple[str, ...] = ("shape", "all")
-#: On-disk formats of :meth:`CounterfactualDataset.save`.
+#: On-disk formats of ``CounterfactualDataset.save``.
 SAVE_FORMATS: tuple[str, ...] = ("png", "safetensors")
 #: Version of the on-disk layout described in this module's docstring.
 DATASET_FORMAT_VERSION = 1
@@ -205,6 +206,21 @@ def _shard_relpath(lo: int, hi: int, width: int) -> str:
     return "shards/" + _range_name(lo, hi, width, "safetensors")
 
 
+def _encode_png(pixels: torch.Tensor) -> bytes:
+    # PIL rather than torchvision.io, whose image codecs are deprecated since torchvision 0.29.
+    array = pixels.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode_png(data: bytes) -> torch.Tensor:
+    with PIL.Image.open(io.BytesIO(data)) as image:
+        array = np.asarray(image)
+    pixels = torch.from_numpy(array.copy())
+    return pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)
+
+
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
     # Round to nearest: loading back as x / 255 is then within 1/510 of the generated float image.
     return image.detach().cpu().mul(255).round_().clamp_(0, 255).to(torch.uint8).contiguous()
@@ -321,7 +337,7 @@ class CounterfactualDataset(VisionDataset):
     its own copy; the loaded model is never pickled); a backend given as an object is used, and pickled, as is.
 
     Args:
-        backend: a backend name from :func:`cfaug.list_backends`, or a loaded :class:`~cfaug.Backend`.
+        backend: a backend name from ``cfaug.list_backends``, or a loaded ``Backend``.
         weights: the backend's named weights or a checkpoint path (``None``: its default). Only with a name.
         size: number of items.
         seed: the dataset seed; a non-negative integer.
@@ -600,7 +616,7 @@ class CounterfactualDataset(VisionDataset):
     def finalize(root: str | os.PathLike[str]) -> Path:
         """Merge the chunks of a dataset saved in several ranges into ``labels.csv`` and ``manifest.json``.
 
-        :meth:`save` calls this itself when it completes the last missing range; call it as a separate
+        ``save`` calls this itself when it completes the last missing range; call it as a separate
         step after distributed saves, e.g. on rank 0 after a barrier. Merging twice gives the same files.
 
         Returns:
@@ -614,7 +630,7 @@ class CounterfactualDataset(VisionDataset):
 
     @staticmethod
     def load(root: str | os.PathLike[str], **kwargs: Any) -> SavedCounterfactualDataset:
-        """Read a dataset written by :meth:`save`; ``kwargs`` go to :class:`SavedCounterfactualDataset`."""
+        """Read a dataset written by ``save``; ``kwargs`` go to ``SavedCounterfactualDataset``."""
         return SavedCounterfactualDataset(root, **kwargs)
 
 
@@ -635,7 +651,7 @@ class _ChunkWriter(Dataset):
         rows = []
         if self.fmt == "png":
             for info in infos:
-                data = encode_png(_to_uint8(self.dataset._generate(info).image[0])).numpy().tobytes()
+                data = _encode_png(_to_uint8(self.dataset._generate(info).image[0]))
                 relpath = _png_relpath(info.index, self.width)
                 # fsync per small file costs 3x the encoding; the chunk's record below is synced and carries
                 # every file's sha256, which loading verifies, so it is the commit point.
@@ -736,19 +752,19 @@ def _finalize(root: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------- the saved dataset
 class SavedCounterfactualDataset(VisionDataset):
-    """A counterfactual dataset read from the files :meth:`CounterfactualDataset.save` wrote.
+    """A counterfactual dataset read from the files ``CounterfactualDataset.save`` wrote.
 
-    Items have the interface of :class:`CounterfactualDataset`: a float image ``(C, H, W)`` in [0, 1] (the
+    Items have the interface of ``CounterfactualDataset``: a float image ``(C, H, W)`` in [0, 1] (the
     stored 8-bit values divided by 255) and the shape class or the three classes as target.
 
     Args:
-        root: the folder given to :meth:`CounterfactualDataset.save`.
+        root: the folder given to ``CounterfactualDataset.save``.
         target: ``"shape"`` or ``"all"``; the target the dataset was saved with when ``None``.
         transform: applied to the image tensor.
         target_transform: applied to the target.
         verify: check on opening that the manifest is complete, ``labels.csv`` matches its digest and every
             file exists, and check each file's sha256 when it is read (PNGs on every read, shards once per
-            process). :meth:`verify` hashes everything at once.
+            process). ``verify`` hashes everything at once.
 
     Raises:
         SavedDatasetError: the folder holds no finished dataset, or a file is missing or corrupted.
@@ -880,7 +896,7 @@ class SavedCounterfactualDataset(VisionDataset):
         relpath, expected = self._files[int(self._file_of[i])], bytes(self._sha[i].tolist())
         if self.format == "png":
             data = self._read_checked(relpath, expected)
-            pixels = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            pixels = _decode_png(data)
         else:
             pixels = self._shard(relpath, expected)["images"][int(self._offset_of[i])]
         return pixels.float().div_(255)
