@@ -76,7 +76,7 @@ def save_checkpoint(path: str | os.PathLike[str], state_dict: dict[str, torch.Te
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+    """Read a checkpoint written by ``save_checkpoint``.
 
     Args:
         path: the ``.safetensors`` file.

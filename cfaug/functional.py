@@ -1,6 +1,6 @@
 """Stateless image operations on counterfactual components.
 
-:func:`composite` is the only place in cfaug where the CGN composition ``m*f + (1-m)*b`` is written.
+``composite`` is the only place in cfaug where the CGN composition ``m*f + (1-m)*b`` is written.
 """
 
 from __future__ import annotations

@@ -6,10 +6,10 @@ A backend owns the generative mechanisms of a Counterfactual Generative Network:
 * the **texture** mechanism maps a class to a foreground image ``f`` in [0, 1], ``(B, C, H, W)``;
 * the **background** mechanism maps a class to a background image ``b`` in [0, 1], ``(B, C, H, W)``.
 
-Each mechanism draws its noise from the per-sample streams of :mod:`cfaug.seeding`, keyed by one seed per
+Each mechanism draws its noise from the per-sample streams of ``cfaug.seeding``, keyed by one seed per
 sample, so a counterfactual depends only on its three classes and its seed. Because the mechanisms are
 independent, their outputs can be generated separately, cached and recombined with
-:func:`cfaug.functional.composite`.
+``cfaug.functional.composite``.
 """
 
 from __future__ import annotations
@@ -90,12 +90,12 @@ class Backend(nn.Module, abc.ABC):
     """Base class of every mechanism backend.
 
     Subclasses implement the three mechanisms and, to be loadable by name, the architecture round trip
-    (:meth:`arch_config` and the constructor). Register a subclass in-process with
-    :func:`cfaug.register_backend`, or from another package through the ``cfaug.backends`` entry-point group.
+    (``arch_config`` and the constructor). Register a subclass in-process with
+    ``cfaug.register_backend``, or from another package through the ``cfaug.backends`` entry-point group.
 
     Class attributes:
         name: the registry name, e.g. ``"mnist"``.
-        named_weights: the backend's named weights (see :mod:`cfaug.hub`).
+        named_weights: the backend's named weights (see ``cfaug.hub``).
         default_weights: the name used when ``weights=None``, or ``None`` when the backend ships none.
 
     Instance attributes:
@@ -218,13 +218,13 @@ class Backend(nn.Module, abc.ABC):
     # ------------------------------------------------------------------------------------ real images
     @property
     def has_mask_estimator(self) -> bool:
-        """Whether :meth:`estimate_mask` is available for real images."""
+        """Whether ``estimate_mask`` is available for real images."""
         return False
 
     def estimate_mask(self, images: torch.Tensor) -> torch.Tensor:
         """Estimate object masks of real images in [0, 1], ``(B, C, H, W)`` -> ``(B, 1, H, W)``.
 
-        Backends that can segment real images override this and :attr:`has_mask_estimator`.
+        Backends that can segment real images override this and ``has_mask_estimator``.
         """
         raise NotImplementedError(
             f"Backend {self.name!r} (weights {self.weights_name!r}) has no mask estimator for real images."
@@ -245,7 +245,7 @@ class Backend(nn.Module, abc.ABC):
         """JSON-serialisable constructor arguments that rebuild this architecture."""
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        """Metadata written next to the tensors by :meth:`save`."""
+        """Metadata written next to the tensors by ``save``."""
         return {
             "backend": self.name,
             "arch": self.arch_config(),
@@ -283,8 +283,8 @@ class Backend(nn.Module, abc.ABC):
         """Load named weights or a checkpoint file, ready for generation (eval mode, no gradients).
 
         Args:
-            weights: a name from :attr:`named_weights`, a checkpoint path, or ``None`` for
-                :attr:`default_weights`.
+            weights: a name from ``named_weights``, a checkpoint path, or ``None`` for
+                ``default_weights``.
             device: where to put the model; CPU when ``None``.
             progress: show a progress bar if weights must be downloaded.
             **overrides: constructor arguments that replace those stored in the checkpoint (e.g. speed knobs).

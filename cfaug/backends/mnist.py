@@ -2,7 +2,7 @@
 
 The architecture is exactly the one of Sauer & Geiger's MNIST CGN (module and parameter names included), so the
 authors' released checkpoints load into it without a single missing or unexpected key
-(:meth:`MnistBackend.import_weights`):
+(``MnistBackend.import_weights``):
 
 * ``label_emb``: a learnable ``Embedding(num_classes, num_classes)``; every mechanism gets
   ``concat(u, label_emb(y))`` with ``u ~ N(0, I_latent_dim)``;
@@ -10,15 +10,15 @@ authors' released checkpoints load into it without a single missing or unexpecte
   -> InstanceNorm, then a clamp to [1e-4, 1 - 1e-4] (there is no sigmoid);
 * ``f_text1`` (foreground) and ``f_text2`` (background): Linear -> (2*ngf, s, s) -> Up(2*ngf -> 2*ngf)
   -> Up(2*ngf -> ngf) -> Conv3x3(ngf -> 3) -> BatchNorm -> Tanh, followed by the "shuffler", a random cyclic
-  translation of the texture map (:func:`cyclic_shift`);
+  translation of the texture map (``cyclic_shift``);
 
 where ``Up`` is nearest x2 upsampling, a 3x3 convolution without bias, BatchNorm and LeakyReLU(0.2), and
 ``s = image_size // 4``.
 
-Generation (the :class:`~cfaug.backends.base.Backend` mechanisms) follows the authors' counterfactual mode: each
-mechanism draws its own noise, here from the per-sample streams of :mod:`cfaug.seeding`, and foregrounds and
+Generation (the ``Backend`` mechanisms) follows the authors' counterfactual mode: each
+mechanism draws its own noise, here from the per-sample streams of ``cfaug.seeding``, and foregrounds and
 backgrounds are mapped from the tanh range [-1, 1] to [0, 1]. Training code uses the module path instead
-(:meth:`MnistBackend.forward_mechanisms`), which takes the noise, labels and shift offsets explicitly.
+(``MnistBackend.forward_mechanisms``), which takes the noise, labels and shift offsets explicitly.
 
 In eval mode without autograd the mechanisms run a fused copy of the networks, which gives the same images up to
 float rounding at several times the speed: BatchNorm folded into the convolutions; "nearest x2 upsampling then
@@ -208,7 +208,7 @@ def random_shift_offsets(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Offsets for :func:`cyclic_shift` drawn as the authors do during training: uniform in ``0..image_size``.
+    """Offsets for ``cyclic_shift`` drawn as the authors do during training: uniform in ``0..image_size``.
 
     Args:
         batch_size: number of rows.
@@ -351,7 +351,7 @@ class _FusedPhaseConv:
 
 
 def _shifted_from_phases(phases: torch.Tensor, channels: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Interleave ``(B, 4 * C, H, W)`` output phases and apply :func:`cyclic_shift` in one gather.
+    """Interleave ``(B, 4 * C, H, W)`` output phases and apply ``cyclic_shift`` in one gather.
 
     Returns:
         ``(B, C, 2H, 2W)``, contiguous.
@@ -425,8 +425,8 @@ class MnistBackend(Backend):
         latent_dim: size of the noise vector ``u`` of each mechanism.
         ngf: generator width; the networks use ``ngf`` and ``2 * ngf`` channels.
         image_size: side of the generated images; divisible by 4.
-        mask_estimator: also build a :class:`MaskEstimator` for :meth:`estimate_mask` on real images. It must be
-            trained (and marked so with :meth:`mark_mask_estimator_trained`) before it can be used.
+        mask_estimator: also build a ``MaskEstimator`` for ``estimate_mask`` on real images. It must be
+            trained (and marked so with ``mark_mask_estimator_trained``) before it can be used.
         mask_estimator_width: width of the mask estimator.
         class_names: one name per class; ``"0"``, ``"1"``, ... when ``None``.
         init_type: initialisation of a freshly built model, as in the authors' code: ``"orthogonal"``,
@@ -435,7 +435,7 @@ class MnistBackend(Backend):
         init_gain: scale of the initialisation (the authors use orthogonal 0.1 for Colored MNIST).
         fast_path: in eval mode without autograd, generate with fused weights (same images up to float rounding,
             several times faster). A speed knob, not part of the architecture.
-        micro_batch: chunk size of the fast path; ``None`` picks :data:`CPU_MICRO_BATCH` on the CPU and no
+        micro_batch: chunk size of the fast path; ``None`` picks ``CPU_MICRO_BATCH`` on the CPU and no
             chunking on accelerators.
 
     Raises:
@@ -485,7 +485,7 @@ class MnistBackend(Backend):
         self.mask_estimator_width = mask_estimator_width
         self.fast_path = fast_path
         self.micro_batch = micro_batch
-        #: where imported weights came from (source file, sha256, the authors' config); saved by :meth:`save`.
+        #: where imported weights came from (source file, sha256, the authors' config); saved by ``save``.
         self.provenance: dict[str, Any] | None = None
 
         init_size = image_size // 4
@@ -614,13 +614,13 @@ class MnistBackend(Backend):
             y_shape: class indices, ``(B,)``; likewise ``y_fg``, ``y_bg``.
             y_fg: foreground classes.
             y_bg: background classes.
-            fg_offsets: ``(B, 2)`` shuffler offsets of the foreground (see :func:`random_shift_offsets`), or
+            fg_offsets: ``(B, 2)`` shuffler offsets of the foreground (see ``random_shift_offsets``), or
                 ``None`` to skip the shuffle. The authors always shuffle; passing ``None`` must be explicit.
             bg_offsets: the same for the background.
 
         Returns:
             ``(mask, foreground, background)``: the mask in [1e-4, 1 - 1e-4], ``(B, 1, H, W)``, and the texture
-            maps in the tanh range [-1, 1], ``(B, 3, H, W)``. Compose them with :func:`cfaug.functional.composite`.
+            maps in the tanh range [-1, 1], ``(B, 3, H, W)``. Compose them with ``cfaug.functional.composite``.
         """
         mask = self.f_shape(self.mechanism_input(u_shape, y_shape)).clamp(MASK_CLAMP, 1 - MASK_CLAMP)
         foreground = self.f_text1(self.mechanism_input(u_fg, y_fg))
@@ -643,7 +643,7 @@ class MnistBackend(Backend):
         fg_offsets: torch.Tensor | None,
         bg_offsets: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Same as :meth:`forward_mechanisms`; lets wrappers such as DistributedDataParallel call the module."""
+        """Same as ``forward_mechanisms``; lets wrappers such as DistributedDataParallel call the module."""
         return self.forward_mechanisms(
             u_shape, u_fg, u_bg, y_shape, y_fg, y_bg, fg_offsets=fg_offsets, bg_offsets=bg_offsets
         )
@@ -730,7 +730,7 @@ class MnistBackend(Backend):
         self._fused = None
 
     def train(self, mode: bool = True) -> MnistBackend:
-        """Set train or eval mode (see :meth:`torch.nn.Module.train`); drops the fused weights."""
+        """Set train or eval mode (see ``torch.nn.Module.train``); drops the fused weights."""
         self._fused = None
         return super().train(mode)
 
@@ -829,7 +829,7 @@ class MnistBackend(Backend):
 
     # --------------------------------------------------------------------------------- persistence
     def checkpoint_meta(self) -> dict[str, Any]:
-        """Metadata for :meth:`save`, with the provenance of imported weights when there is one."""
+        """Metadata for ``save``, with the provenance of imported weights when there is one."""
         meta = super().checkpoint_meta()
         if self.provenance is not None:
             meta["provenance"] = self.provenance
@@ -861,7 +861,7 @@ class MnistBackend(Backend):
 
         Returns:
             The backend in eval mode without gradients. ``weights_name`` says where it came from and
-            ``provenance`` records the source file, its sha256 and the authors' config; :meth:`save` stores it.
+            ``provenance`` records the source file, its sha256 and the authors' config; ``save`` stores it.
 
         Raises:
             FileNotFoundError: ``source`` or the config file does not exist.

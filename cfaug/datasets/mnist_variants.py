@@ -1,7 +1,7 @@
 """The biased MNIST variants of the CGN paper: Colored, Double-colored and Wildlife MNIST.
 
 Each image is an MNIST digit, binarised into a mask ``d``, painted with an object appearance over a background
-appearance: ``image = d * object + (1 - d) * background`` (:func:`cfaug.functional.composite`). In the training
+appearance: ``image = d * object + (1 - d) * background`` (``cfaug.functional.composite``). In the training
 split the appearance is tied to the digit (the bias a classifier picks up); in the test split the object and
 background classes are drawn independently and uniformly, so a classifier that reads colour or texture instead
 of shape fails there.
@@ -28,11 +28,11 @@ What is the same for all three:
   same object and background classes in each.
 * **Targets.** ``target="digit"`` gives the digit class as an ``int``; ``target="all"`` gives the tuple
   ``(digit, object class, background class)`` of ints: the class of the mechanism behind each part of the
-  image, in the order of :data:`cfaug.MECHANISMS` (shape, texture, background). Colored MNIST has no background
+  image, in the order of ``cfaug.MECHANISMS`` (shape, texture, background). Colored MNIST has no background
   factor (always black): its background class is ``-1``.
-* **Fast path.** :meth:`batch` builds a whole batch of images and targets in one vectorised call (no per-item
-  Python work), and :meth:`components` returns the ground-truth mask, foreground and background as well, as
-  :class:`cfaug.Components`. ``dataset[i]`` is ``batch([i])`` plus the transforms, so both agree exactly.
+* **Fast path.** ``batch`` builds a whole batch of images and targets in one vectorised call (no per-item
+  Python work), and ``components`` returns the ground-truth mask, foreground and background as well, as
+  ``cfaug.Components``. ``dataset[i]`` is ``batch([i])`` plus the transforms, so both agree exactly.
 """
 
 from __future__ import annotations
@@ -154,8 +154,8 @@ def binarize_digits(digits: torch.Tensor) -> torch.Tensor:
 class _BiasedMNIST(VisionDataset):
     """The shared part of the three variants: digits, split, masks, factor classes, indexing and targets.
 
-    Subclasses say how an item's object and background look (:meth:`_draw_appearance`, :meth:`_foreground`,
-    :meth:`_background`).
+    Subclasses say how an item's object and background look (``_draw_appearance``, ``_foreground``,
+    ``_background``).
     """
 
     #: Whether the background carries a class (Colored MNIST's black background does not).
@@ -267,7 +267,7 @@ class _BiasedMNIST(VisionDataset):
             indices: item indices (negative ones count from the end).
 
         Returns:
-            :class:`cfaug.Components` with ``mask`` ``(B, 1, 32, 32)`` in {0, 1}, ``foreground`` and ``background``
+            ``cfaug.Components`` with ``mask`` ``(B, 1, 32, 32)`` in {0, 1}, ``foreground`` and ``background``
             ``(B, 3, 32, 32)`` and their composite ``image`` ``(B, 3, 32, 32)``, all float32 in [0, 1]. No
             transforms are applied.
 
@@ -346,7 +346,7 @@ class ColoredMNIST(_BiasedMNIST):
 
     Rebuilt from MNIST with the protocol of the pre-built file the paper used (from Learning Not to Learn,
     Kim et al., CVPR 2019), which is not available: the digit gets one colour per image, its class's mean colour
-    from :data:`COLORED_MNIST_PALETTE` plus Gaussian jitter of variance 0.02 per channel, clamped to [0, 1]; the
+    from ``COLORED_MNIST_PALETTE`` plus Gaussian jitter of variance 0.02 per channel, clamped to [0, 1]; the
     background stays black. Training split: colour class = digit class. Test split: colour class uniform and
     independent of the digit. The digit is the binarised mask (every digit pixel has the item's colour).
 
@@ -391,9 +391,9 @@ class ColoredMNIST(_BiasedMNIST):
 class DoubleColoredMNIST(_BiasedMNIST):
     """Double-colored MNIST: a coloured digit on a coloured background, both tied to the digit in training.
 
-    As the authors' variant: the object colour of class ``i`` is :data:`DOUBLE_COLORED_MNIST_OBJECT_PALETTE`
+    As the authors' variant: the object colour of class ``i`` is ``DOUBLE_COLORED_MNIST_OBJECT_PALETTE``
     ``[i]`` (the background colour of class ``(i + 4) % 10``) and the background colour is
-    :data:`DOUBLE_COLORED_MNIST_BACKGROUND_PALETTE` ``[i]``; each gets independent per-image, per-channel Gaussian
+    ``DOUBLE_COLORED_MNIST_BACKGROUND_PALETTE`` ``[i]``; each gets independent per-image, per-channel Gaussian
     jitter with standard deviation 0.01. Unlike the authors, the jittered colours are clamped to [0, 1] (their
     code leaves values up to a few hundredths outside), so that every image is a valid [0, 1] image. Training
     split: both classes = digit class. Test split: object and background classes uniform and independent of each
@@ -449,8 +449,8 @@ class WildlifeMNIST(_BiasedMNIST):
 
     Textures come from ``texture_root``, a folder with ``object/{k}_*.jpg`` and ``background/{k}_*.jpg`` for
     every class ``k`` in 0..9 (the paper's 20 photographs ship with the authors' code under
-    ``mnists/data/textures``); see :func:`cfaug.datasets.textures.find_texture_files`. Without ``texture_root``
-    the built-in procedural set is used (:func:`cfaug.datasets.textures.procedural_textures`: wavy two-tone
+    ``mnists/data/textures``); see ``cfaug.datasets.textures.find_texture_files``. Without ``texture_root``
+    the built-in procedural set is used (``cfaug.datasets.textures.procedural_textures``: wavy two-tone
     stripes as objects, vein networks as backgrounds), which needs no files and no network but is **not** the
     paper's texture set: results on it are not comparable with the paper's numbers.
 

@@ -2,9 +2,9 @@
 
 A texture set is two tensors of 10 RGB images each, one per class: the **object** textures (painted inside the
 digit) and the **background** textures. The paper's set is 20 photographs (striped animal coats for objects,
-leaf veins for backgrounds) that the authors ship with their code; point :func:`load_texture_folder` at a copy.
+leaf veins for backgrounds) that the authors ship with their code; point ``load_texture_folder`` at a copy.
 
-For a fresh machine without network, :func:`procedural_textures` draws a stand-in set in code, deterministically
+For a fresh machine without network, ``procedural_textures`` draws a stand-in set in code, deterministically
 (no files; the only random numbers are the Voronoi points of a fixed-seed Python generator): ten two-tone wavy
 stripe patterns (an "animal coat" per class: its own pair of colours, stripe angle, stripe period and waviness)
 as objects, and ten leaf-like vein networks (cell walls of a Voronoi diagram over a fixed point set, in a shaded
@@ -116,7 +116,7 @@ def find_texture_files(texture_root: str | os.PathLike[str]) -> dict[str, list[P
 
 
 def load_texture_folder(texture_root: str | os.PathLike[str], size: int = 150) -> dict[str, torch.Tensor]:
-    """Load a texture folder (see :func:`find_texture_files`) as float images resized to ``size`` x ``size``.
+    """Load a texture folder (see ``find_texture_files``) as float images resized to ``size`` x ``size``.
 
     The resize is nearest-neighbour, like the authors' Wildlife MNIST (150 x 150 there), which keeps the
     textures' hard edges at the 32-pixel crop scale.
@@ -129,7 +129,7 @@ def load_texture_folder(texture_root: str | os.PathLike[str], size: int = 150) -
         ``{"object": (10, 3, size, size), "background": (10, 3, size, size)}``, float32 in [0, 1].
 
     Raises:
-        TypeError, FileNotFoundError, ValueError: as :func:`find_texture_files`, or ``size`` is not an int >= 8.
+        TypeError, FileNotFoundError, ValueError: as ``find_texture_files``, or ``size`` is not an int >= 8.
         PIL.UnidentifiedImageError: a file is not a readable image.
     """
     from PIL import Image  # only this path decodes files; the procedural set does not need PIL

@@ -1,8 +1,8 @@
 """Counterfactual augmentation transforms.
 
-* :class:`CounterfactualAugment`: a torchvision v2 transform for samples, ``(image, label)`` pairs, dict
+* ``CounterfactualAugment``: a torchvision v2 transform for samples, ``(image, label)`` pairs, dict
   samples and batches; works in ``v2.Compose``, ``v2.RandomApply``, v1 ``Compose`` and DataLoader workers.
-* :class:`RandomCounterfactual`: the batched path as a kornia augmentation, for
+* ``RandomCounterfactual``: the batched path as a kornia augmentation, for
   ``kornia.augmentation.AugmentationSequential`` on (GPU) batches.
 """
 

@@ -100,7 +100,7 @@ class CounterfactualAugment(Transform):
     generator, each DataLoader worker derives its own stream from it and the worker's seed.
 
     Args:
-        backend: a backend name (see :func:`cfaug.list_backends`) or a loaded :class:`~cfaug.Backend`.
+        backend: a backend name (see ``cfaug.list_backends``) or a loaded ``Backend``.
         weights: weights of a backend given by name: a named weight or a checkpoint path; ``None`` for its
             default.
         p: probability that a sample is replaced, drawn per sample.
@@ -122,7 +122,7 @@ class CounterfactualAugment(Transform):
         ``seed_background``. A class and seed of ``-1`` mean the part came from the real image (or the sample
         was not replaced). ``backend.generate(m, record[m], record["seed_" + m])`` regenerates part ``m``
         exactly (bitwise for the same batch composition; parts served by the bank were generated in batches
-        of ``bank_size``, so a convolutional backend may differ at the 1e-7 level), and :meth:`replay` rebuilds
+        of ``bank_size``, so a convolutional backend may differ at the 1e-7 level), and ``replay`` rebuilds
         the whole output. Per-sample records collate into batch records with the DataLoader's default collate.
 
     Raises:
@@ -228,7 +228,7 @@ class CounterfactualAugment(Transform):
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         """Draw the apply mask, the varied classes and the seeds for the image in ``flat_inputs``.
 
-        The label-determined classes are filled in by :meth:`forward` (labels never reach this hook).
+        The label-determined classes are filled in by ``forward`` (labels never reach this hook).
         """
         image = flat_inputs[0]
         batch_size = self._batch_size(image, inspect_image(image))

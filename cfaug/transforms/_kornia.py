@@ -26,9 +26,9 @@ from cfaug.transforms._render import BackendHandle, direct_take, render
 class RandomCounterfactual(IntensityAugmentationBase2D):
     """Counterfactual augmentation of float ``(B, C, H, W)`` batches, for ``kornia.augmentation`` pipelines.
 
-    The kornia twin of :class:`~cfaug.transforms.CounterfactualAugment`'s batched path, sharing its parameter
+    The kornia twin of ``CounterfactualAugment``'s batched path, sharing its parameter
     sampling and rendering. kornia draws the per-sample gate (``p``, ``p_batch``, ``same_on_batch``); this
-    augmentation draws the varied classes and seeds in :meth:`generate_parameters` and runs the generator on
+    augmentation draws the varied classes and seeds in ``generate_parameters`` and runs the generator on
     the gated samples only (kornia 0.9 would otherwise compute every sample and blend), on the batch's device.
 
     Modes:
@@ -42,11 +42,11 @@ class RandomCounterfactual(IntensityAugmentationBase2D):
 
     The parameters of the last call, ``aug._params`` (kornia's convention), hold the classes and seeds
     (``shape``, ``texture``, ``background``, ``seed_<mechanism>``; ``-1`` = from the real image) and replay the
-    call exactly with ``aug(images, params=aug._params)``. :attr:`last_record` gives them in the record format
-    of :class:`~cfaug.transforms.CounterfactualAugment`.
+    call exactly with ``aug(images, params=aug._params)``. ``last_record`` gives them in the record format
+    of ``CounterfactualAugment``.
 
     Args:
-        backend: a backend name or a loaded :class:`~cfaug.Backend`; a name is loaded lazily in each process.
+        backend: a backend name or a loaded ``Backend``; a name is loaded lazily in each process.
         weights: weights of a backend given by name; ``None`` for its default.
         vary: the mechanisms whose class is drawn, from ``("texture", "background")``.
         p: probability of replacing each sample.

@@ -1,8 +1,8 @@
 """The one place where counterfactual parameters are drawn and checked.
 
-Both :class:`~cfaug.transforms.CounterfactualAugment` and the kornia augmentation
-:class:`~cfaug.transforms.RandomCounterfactual` draw their parameters here and hand them to
-:func:`cfaug.transforms._render.render`, the one place that turns parameters into images.
+Both ``CounterfactualAugment`` and the kornia augmentation
+``RandomCounterfactual`` draw their parameters here and hand them to
+``cfaug.transforms._render.render``, the one place that turns parameters into images.
 
 A parameter set for ``B`` samples is a dict of ``(B,)`` CPU tensors:
 
@@ -11,7 +11,7 @@ A parameter set for ``B`` samples is a dict of ``(B,)`` CPU tensors:
   that part is taken from the real image (the real object's mask for ``shape``, the real pixels for
   ``texture`` and ``background``);
 * ``seed_shape``, ``seed_texture``, ``seed_background`` (int64): the per-sample seed of each mechanism
-  (see :mod:`cfaug.seeding`); ``-1`` where the part is not generated.
+  (see ``cfaug.seeding``); ``-1`` where the part is not generated.
 
 A *record* (what ``return_record=True`` returns) has the same keys, with ``-1`` in every class and seed of a
 sample that was not applied, so that ``backend.generate(mechanism, record[mechanism][i:i+1],
@@ -119,13 +119,13 @@ def sample_params(
     """Draw the classes of the varied mechanisms and one seed per mechanism for ``batch_size`` samples.
 
     The shape class and the classes of the mechanisms not in ``vary`` are left at ``-1``: they come from the
-    label (:func:`attach_labels`) or from the real image.
+    label (``attach_labels``) or from the real image.
 
     Args:
         batch_size: number of samples.
         num_classes: classes of the backend; varied classes are drawn uniformly from them.
         vary: the mechanisms whose class is drawn.
-        applied: the apply mask from :func:`sample_applied`; ``None`` when the caller gates samples itself
+        applied: the apply mask from ``sample_applied``; ``None`` when the caller gates samples itself
             (kornia's ``batch_prob``). Nothing more is drawn when no sample is applied.
         same_on_batch: draw one set of classes and seeds for the whole batch.
         generator: RNG to draw from; the global torch RNG when ``None``.

@@ -1,10 +1,10 @@
 """The one place that turns counterfactual parameters into images, plus the state behind it.
 
-* :class:`BackendHandle` holds the backend: a loaded :class:`~cfaug.Backend` or a name and weights that are
+* ``BackendHandle`` holds the backend: a loaded ``Backend`` or a name and weights that are
   loaded on first use, once per process, so that DataLoader workers each build their own model and nothing
   heavy is pickled. It moves the backend to the device of the images it is given.
-* :class:`ComponentBank` serves per-sample requests from components generated in batches.
-* :func:`render` composes counterfactuals from generated parts and, where a class is ``-1``, parts of the
+* ``ComponentBank`` serves per-sample requests from components generated in batches.
+* ``render`` composes counterfactuals from generated parts and, where a class is ``-1``, parts of the
   real image.
 """
 
@@ -32,9 +32,9 @@ class BackendHandle:
     """A backend that is loaded lazily in each process and follows the device of the images.
 
     Args:
-        backend: a backend name from :func:`cfaug.list_backends`, or a loaded backend.
+        backend: a backend name from ``cfaug.list_backends``, or a loaded backend.
         weights: the weights of a backend given by name (``None`` for its default).
-        generator: optional RNG for the transform's draws; see :attr:`generator`.
+        generator: optional RNG for the transform's draws; see ``generator``.
 
     Pickling keeps the name, weights and generator; a model loaded from a name and the component bank are
     left behind and rebuilt in the process that unpickles. A backend given as an instance pickles with it.
@@ -238,7 +238,7 @@ def render(
         backend: the backend, on the device of ``real``.
         real: the real images of the samples to replace, ``(n, C, H, W)`` float in [0, 1].
         params: ``(n,)`` CPU tensors ``shape``, ``texture``, ``background`` and ``seed_<mechanism>``.
-        take: where generated parts come from (:func:`direct_take` or a bank).
+        take: where generated parts come from (``direct_take`` or a bank).
 
     Returns:
         The counterfactuals, ``(n, C, H, W)`` in the dtype of ``real``, and the seed each generated part
