@@ -175,6 +175,22 @@ def _style_layers(config: TrainConfig) -> tuple[tuple[int, ...], tuple[float, ..
     return tuple(i for i, _ in chosen), tuple(w for _, w in chosen)
 
 
+def _generator_groups(generator: MnistBackend, config: TrainConfig) -> list[dict[str, Any]]:
+    """Adam parameter groups: BatchNorm weights and shifts at ``lr * norm_lr_scale``, the rest at ``lr``.
+
+    The last BatchNorm of a texture network sets the mean and contrast of its colours. Adam moves a parameter by
+    about ``lr`` per step, so at 2e-4 a shift needs ~10k steps to reach a saturated colour such as MNIST's black
+    background; until then BatchNorm's unit variance over the batch pushes some classes to the opposite colour.
+    """
+    norms = {id(p) for m in generator.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    params = generator.generator_parameters()
+    groups = [
+        {"params": [p for p in params if id(p) not in norms], "lr": config.lr},
+        {"params": [p for p in params if id(p) in norms], "lr": config.lr * config.norm_lr_scale},
+    ]
+    return [group for group in groups if group["params"]]
+
+
 def _ema_beta(config: TrainConfig, images_seen: int) -> float:
     """Per-iteration EMA decay for a half-life of ``ema_kimg`` thousand images (stylegan2-ada's schedule)."""
     half_life = config.ema_kimg * 1000
@@ -242,7 +258,7 @@ class _Run:
         self.features: FeatureNetwork | None = None
         if self.style_indices:
             self.features = build_feature_network(self.style_indices, config.feature_net).to(self.device)
-        self.optimizer_g = torch.optim.Adam(self.generator.generator_parameters(), lr=config.lr, betas=config.betas)
+        self.optimizer_g = torch.optim.Adam(_generator_groups(self.generator, config), betas=config.betas)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas)
         self.probe_classes, self.probe_seeds = probe_inputs(
             config.seed, self.generator.num_classes, config.probe_per_class
@@ -456,6 +472,7 @@ class _Run:
             max_border=config.collapse_max_border,
             max_spread=config.collapse_max_spread,
             min_diversity=config.collapse_min_diversity,
+            max_similarity=config.collapse_max_similarity,
         )
         armed = self.step >= config.collapse_after
         steps = max(self._interval_steps, 1)
@@ -532,8 +549,8 @@ def _collapse_message(config: TrainConfig, step: int, problems: list[str], run_d
         f"Mask collapse detected at iteration {step} of the {config.variant} CGN: "
         + "; ".join(problems)
         + f". See {run_dir / 'samples'} and {run_dir / 'stats.jsonl'}. Remedies: enable or raise the mask "
-        "regularisers (mask_area with lambda_area, lambda_border), lower lambda_mask, or change the seed; "
-        "collapse_action='warn' continues anyway."
+        "regularisers (lambda_area with mask_area, lambda_border, lambda_spread), raise norm_lr_scale, or change "
+        "the seed; collapse_action='warn' continues anyway."
     )
 
 
