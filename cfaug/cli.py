@@ -13,6 +13,7 @@ from pathlib import Path
 from cfaug.checkpoint import CheckpointError
 from cfaug.hub import WeightsError
 from cfaug.registry import BackendImportError, get_backend_class, list_backends
+from cfaug.training.cli import add_train_mnist_arguments, run_train_mnist
 
 __all__ = ["build_parser", "main"]
 
@@ -124,10 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--backend", default="mnist", help="backend whose format SRC is in (default: mnist)")
     importer.set_defaults(handler=_cmd_import_weights)
 
+    groups = {}
     for group, help_text in (("train", "train mechanisms or classifiers"), ("evaluate", "run the paper's evaluations")):
         sub = commands.add_parser(group, help=help_text)
         sub.set_defaults(handler=_missing_group(group))
-        sub.add_subparsers(dest=f"{group}_command", metavar="TARGET", parser_class=_Parser)
+        groups[group] = sub.add_subparsers(dest=f"{group}_command", metavar="TARGET", parser_class=_Parser)
+
+    train_mnist = groups["train"].add_parser("mnist", help="train an MNIST CGN (resumable run folder)")
+    add_train_mnist_arguments(train_mnist)
+    train_mnist.set_defaults(handler=run_train_mnist)
     return parser
 
 

@@ -101,3 +101,17 @@ def test_console_script_is_installed(tmp_path):
     result = subprocess.run([str(script), "list", "mnist"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("mnist")
+
+
+def test_readme_example_runs(tmp_path):
+    """The README's ten lines run as printed (they use the example plugin the README's set-up installs)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Ten lines") :]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "readme_example.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'stripes'" in result.stdout

@@ -336,8 +336,16 @@ def test_command_lines_in_pages_parse(capsys) -> None:
 
 def test_cli_reference_names_every_command_and_option() -> None:
     reference = (DOCS / "cli.md").read_text(encoding="utf-8")
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for name, parser in commands.choices.items():
+
+    def commands_of(parser: argparse.ArgumentParser, prefix: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield f"{prefix} {name}", sub
+                    yield from commands_of(sub, f"{prefix} {name}")
+
+    for name, parser in commands_of(build_parser(), ""):
+        name = name.strip()
         assert f"cfaug {name}" in reference, f"docs/cli.md does not describe `cfaug {name}`"
         for action in parser._actions:
             names = [option for option in action.option_strings if option.startswith("--") and option != "--help"]
