@@ -631,22 +631,8 @@ class MnistBackend(Backend):
             background = cyclic_shift(background, bg_offsets)
         return mask, foreground, background
 
-    def forward(
-        self,
-        u_shape: torch.Tensor,
-        u_fg: torch.Tensor,
-        u_bg: torch.Tensor,
-        y_shape: torch.Tensor,
-        y_fg: torch.Tensor,
-        y_bg: torch.Tensor,
-        *,
-        fg_offsets: torch.Tensor | None,
-        bg_offsets: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Same as ``forward_mechanisms``; lets wrappers such as DistributedDataParallel call the module."""
-        return self.forward_mechanisms(
-            u_shape, u_fg, u_bg, y_shape, y_fg, y_bg, fg_offsets=fg_offsets, bg_offsets=bg_offsets
-        )
+    # Calling the module is the same, so that wrappers such as DistributedDataParallel can run it.
+    forward = forward_mechanisms
 
     # ------------------------------------------------------------------------------------ mechanisms
     def shape_mechanism(self, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
