@@ -16,6 +16,7 @@ import fnmatch
 import functools
 import os
 import warnings
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
@@ -70,7 +71,7 @@ def refresh_backends() -> None:
     _discovered.cache_clear()
 
 
-def register_backend(name: str | None = None, *, override: bool = False):  # noqa: ANN201 (decorator)
+def register_backend(name: str | None = None, *, override: bool = False) -> Callable[[BackendT], BackendT]:
     """Class decorator that registers a backend in this process.
 
     Args:
