@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cfaug.checkpoint import CheckpointError
+from cfaug.evaluation.mnist import add_evaluate_mnist_arguments, run_evaluate_mnist
 from cfaug.hub import WeightsError
 from cfaug.registry import BackendImportError, get_backend_class, list_backends
 from cfaug.training.cli import add_train_mnist_arguments, run_train_mnist
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_mnist = groups["train"].add_parser("mnist", help="train an MNIST CGN (resumable run folder)")
     add_train_mnist_arguments(train_mnist)
     train_mnist.set_defaults(handler=run_train_mnist)
+
+    evaluate_mnist = groups["evaluate"].add_parser("mnist", help="the paper's Table 2 classifier experiment")
+    add_evaluate_mnist_arguments(evaluate_mnist)
+    evaluate_mnist.set_defaults(handler=run_evaluate_mnist)
     return parser
 
 

@@ -1,0 +1,300 @@
+"""The Table 2 classifier experiment: classifier, counterfactual generation, run_table2, table, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import shared_path
+from PIL import Image
+
+from cfaug.backends.mnist import MnistBackend
+from cfaug.datasets import ColoredMNIST, DoubleColoredMNIST
+from cfaug.evaluation import (
+    PAPER_TABLE2,
+    ShapeClassifier,
+    add_evaluate_mnist_arguments,
+    evaluate_classifier,
+    format_table2,
+    generate_counterfactuals,
+    load_counterfactual_backend,
+    run_evaluate_mnist,
+    run_table2,
+    train_classifier,
+    visible_digits,
+)
+
+# ------------------------------------------------------------------------------------------ fake data
+
+
+def _write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    n = len(images)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 2051, n, 28, 28) + images.numpy().tobytes()
+    )
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
+
+
+def _fake_digits(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bright rectangles whose width grows with the label (a shape a classifier can learn), placed at random."""
+    images = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    labels = torch.arange(n, dtype=torch.uint8) % 10
+    for i in range(n):
+        top, left = torch.randint(4, 8, (2,), generator=generator).tolist()
+        images[i, top : top + 14, left : left + 3 + int(labels[i])] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    _write_idx(raw, "train", *_fake_digits(120, generator))  # split 5:1 -> 100 training, 20 test images
+    _write_idx(raw, "t10k", *_fake_digits(10, generator))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def cgn_checkpoint(tmp_path_factory) -> str:
+    """A small random-init MNIST CGN saved as a cfaug checkpoint (32x32, fast to sample)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        backend = MnistBackend(latent_dim=8, ngf=8)
+    path = tmp_path_factory.mktemp("cgn") / "tiny_cgn.safetensors"
+    backend.save(path)
+    return str(path)
+
+
+def _run(mnist_root: str, cgn_checkpoint: str, out: Path, **changes) -> dict:
+    options = dict(
+        weights={"ours": cgn_checkpoint},
+        seeds=(0,),
+        epochs=1,
+        num_counterfactuals=30,
+        data_root=mnist_root,
+        out_dir=out,
+        progress=False,
+    )
+    options.update(changes)
+    return run_table2("colored_mnist", **options)
+
+
+# ------------------------------------------------------------------------------------------ classifier
+
+
+def test_classifier_has_the_authors_size_and_output():
+    model = ShapeClassifier()
+    assert sum(p.numel() for p in model.parameters()) == 67_760
+    log_probs = model(torch.rand(4, 3, 32, 32))
+    assert log_probs.shape == (4, 10)
+    torch.testing.assert_close(log_probs.exp().sum(dim=1), torch.ones(4))
+
+
+def test_visible_digits_follow_the_palettes(mnist_root):
+    double = DoubleColoredMNIST(mnist_root, train=False, target="all")
+    object_class, background_class = double.factors[:, 1], double.factors[:, 2]
+    hidden = background_class == (object_class + 4) % 10
+    assert torch.equal(visible_digits(double), ~hidden)
+    assert visible_digits(ColoredMNIST(mnist_root, train=False)).all()
+
+
+# ------------------------------------------------------------------------------------------ counterfactuals
+
+
+def test_counterfactuals_are_seeded_labelled_by_shape_and_batch_independent(cgn_checkpoint):
+    backend = load_counterfactual_backend(cgn_checkpoint)
+    images, labels = generate_counterfactuals(backend, 12, seed=3, batch_size=12)
+    assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and 0 <= int(labels.min()) and int(labels.max()) < 10
+    again, again_labels = generate_counterfactuals(backend, 12, seed=3, batch_size=5)
+    assert torch.equal(labels, again_labels)
+    # Conv outputs differ at ~1e-7 between batch sizes on the CPU: at most one 8-bit level apart.
+    assert (images.int() - again.int()).abs().max() <= 1
+    other, _ = generate_counterfactuals(backend, 12, seed=4, batch_size=12)
+    assert not torch.equal(images, other)
+
+
+def test_authors_checkpoint_is_imported_for_counterfactuals():
+    path = shared_path("data", "reference_cgn_mnist", "colored_mnist.pth")
+    backend = load_counterfactual_backend(path)
+    assert backend.weights_name == "imported:colored_mnist.pth"
+    images, labels = generate_counterfactuals(backend, 4, seed=0)
+    assert images.shape == (4, 3, 32, 32) and labels.shape == (4,)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_training_is_deterministic_per_seed_and_learns(mnist_root):
+    train, test = ColoredMNIST(mnist_root, train=True), ColoredMNIST(mnist_root, train=False, target="all")
+    first = evaluate_classifier(train_classifier(train, None, epochs=1, seed=5), test)
+    second = evaluate_classifier(train_classifier(train, None, epochs=1, seed=5), test)
+    assert first == second
+    other = train_classifier(train, None, epochs=1, seed=6).state_dict()
+    same = train_classifier(train, None, epochs=1, seed=5).state_dict()
+    assert not all(torch.equal(other[key], same[key]) for key in same)
+    assert 0.0 <= first["accuracy"] <= 1.0 and first["visible_fraction"] == 1.0
+    # On the biased training split the colour gives the label away: 100 small steps already beat chance (10%).
+    learnt = train_classifier(train, None, epochs=10, batch_size=10, seed=5)
+    assert evaluate_classifier(learnt, train)["accuracy"] > 0.4
+
+
+def test_training_rejects_no_data():
+    with pytest.raises(ValueError, match="`real` and `counterfactuals`"):
+        train_classifier(None, None)
+
+
+# ------------------------------------------------------------------------------------------ run_table2
+
+
+def test_run_table2_writes_results_and_grid(mnist_root, cgn_checkpoint, tmp_path):
+    results = _run(mnist_root, cgn_checkpoint, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert {(run["setting"], run["weights"]) for run in results["runs"]} == {
+        ("original", None),
+        ("original+cf", "ours"),
+        ("cf", "ours"),
+    }
+    for run in results["runs"]:
+        assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["accuracy_visible"] <= 1.0
+    assert results["summary"]["original+cf"]["ours"]["accuracy"]["n"] == 1
+    assert results["paper"] == PAPER_TABLE2["colored_mnist"]
+    with Image.open(tmp_path / "counterfactual_grid_colored_mnist_ours.png") as grid:
+        assert grid.size[0] > 10 * 32 and grid.mode == "RGB"
+
+
+def test_run_table2_same_seed_same_accuracy(mnist_root, cgn_checkpoint, tmp_path):
+    options = dict(settings=("cf",), num_counterfactuals=20)
+    first = _run(mnist_root, cgn_checkpoint, tmp_path / "a", **options)["runs"]
+    second = _run(mnist_root, cgn_checkpoint, tmp_path / "b", **options)["runs"]
+    assert [run["accuracy"] for run in first] == [run["accuracy"] for run in second]
+
+
+@pytest.mark.parametrize(
+    ("changes", "argument"),
+    [
+        ({"variant": "fashion_mnist"}, "variant"),
+        ({"settings": ("original", "cgn")}, "settings"),
+        ({"settings": ("original", "original")}, "settings"),
+        ({"seeds": ()}, "seeds"),
+        ({"seeds": (-1,)}, "seeds"),
+        ({"epochs": 0}, "epochs"),
+        ({"num_counterfactuals": 0}, "num_counterfactuals"),
+        ({"dataset_seed": -2}, "dataset_seed"),
+        ({"max_train_images": 0}, "max_train_images"),
+        ({"weights": {}}, "weights"),
+        ({"weights": {"authors": "missing/colored_mnist.pth"}}, "weights"),
+    ],
+)
+def test_run_table2_rejects_bad_arguments(mnist_root, cgn_checkpoint, tmp_path, changes, argument):
+    options = dict(
+        variant="colored_mnist",
+        weights={"ours": cgn_checkpoint},
+        seeds=(0,),
+        epochs=1,
+        data_root=mnist_root,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    options.update(changes)
+    with pytest.raises(ValueError, match=f"`{argument}"):
+        run_table2(**options)
+    assert not (tmp_path / "results.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def _stats(values: list[float]) -> dict:
+    import statistics
+
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def test_format_table2_shows_mean_std_paper_and_visible_column():
+    summary = {
+        "original": {
+            name: {"accuracy": _stats([10.0, 12.0, 14.0]), "accuracy_visible": _stats([11.0, 11.0, 11.0])}
+            for name in ("ours", "authors")
+        },
+        "original+cf": {
+            "ours": {"accuracy": _stats([80.0, 90.0]), "accuracy_visible": _stats([88.0, 98.0])},
+            "authors": {"accuracy": _stats([85.0]), "accuracy_visible": _stats([94.0])},
+        },
+    }
+    results = {
+        "variant": "double_colored_mnist",
+        "config": {"epochs": 2, "seeds": [0, 1, 2], "num_counterfactuals": 100, "num_test_images": 10_000},
+        "summary": summary,
+        "paper": PAPER_TABLE2["double_colored_mnist"],
+    }
+    table = format_table2(results).splitlines()
+    assert table[2] == (
+        "| Setting | ours (test %) | ours (visible digits %) | authors (test %) | authors (visible digits %) "
+        "| paper (test %) |"
+    )
+    assert table[4] == "| Original | 12.0 ± 2.0 | 11.0 ± 0.0 | 12.0 ± 2.0 | 11.0 ± 0.0 | 10.3 |"
+    assert table[5] == "| Original + CF | 85.0 ± 7.1 | 93.0 ± 7.1 | 85.0 | 94.0 | 89.0 |"
+    results["variant"] = "colored_mnist"
+    results["paper"] = PAPER_TABLE2["colored_mnist"]
+    results["summary"] = {"cf": {"ours": {"accuracy": _stats([50.0]), "accuracy_visible": _stats([50.0])}}}
+    assert format_table2(results).splitlines()[-1] == "| CF only | 50.0 | – |"
+    with pytest.raises(ValueError, match="`results`"):
+        format_table2({"variant": "colored_mnist"})
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def test_cli_runs_and_prints_the_table(mnist_root, cgn_checkpoint, tmp_path, capsys):
+    parser = add_evaluate_mnist_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        [
+            "colored_mnist",
+            "--out-dir",
+            str(tmp_path),
+            "--weights",
+            f"ours={cgn_checkpoint}",
+            "--seeds",
+            "0",
+            "1",
+            "--epochs",
+            "1",
+            "--num-counterfactuals",
+            "20",
+            "--settings",
+            "original",
+            "cf",
+            "--data-root",
+            mnist_root,
+            "--no-progress",
+        ]
+    )
+    assert run_evaluate_mnist(args) == 0
+    printed = capsys.readouterr().out
+    assert "| Original |" in printed and "| CF only |" in printed and "35.9" in printed
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert summary["cf"]["ours"]["accuracy"]["n"] == 2 and not math.isnan(summary["cf"]["ours"]["accuracy"]["mean"])
+
+
+def test_cli_rejects_authors_dir_without_the_file(mnist_root, tmp_path):
+    parser = add_evaluate_mnist_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["wildlife_mnist", "--out-dir", str(tmp_path), "--authors-dir", str(tmp_path), "--data-root", mnist_root]
+    )
+    with pytest.raises(ValueError, match="`--authors-dir`"):
+        run_evaluate_mnist(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["colored_mnist", "--out-dir", "x", "--weights", "no-equals-sign"])
