@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +30,17 @@ def shared_path(*parts: str) -> Path:
             pytest.fail(message + " and CFAUG_REQUIRE_SHARED=1")
         pytest.skip(message)
     return path
+
+
+def write_mnist_idx(folder: Path, prefix: str, images, labels) -> None:
+    """Write MNIST IDX files (torchvision's layout) for ``(N, 28, 28)`` uint8 images and ``(N,)`` labels.
+
+    ``prefix`` is ``"train"`` or ``"t10k"``; ``folder`` is ``<root>/MNIST/raw``. Accepts tensors or arrays.
+    """
+    images, labels = np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.uint8)
+    header = struct.pack(">IIII", 2051, len(images), 28, 28)
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
 
 
 cfaug.register_backend("toy", override=True)(ToyBackend)

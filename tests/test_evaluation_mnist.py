@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import struct
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_path
+from conftest import shared_path, write_mnist_idx
 from PIL import Image
 
 from cfaug.backends.mnist import MnistBackend
@@ -32,14 +31,6 @@ from cfaug.evaluation import (
 # ------------------------------------------------------------------------------------------ fake data
 
 
-def _write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-    n = len(images)
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
-        struct.pack(">IIII", 2051, n, 28, 28) + images.numpy().tobytes()
-    )
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
-
-
 def _fake_digits(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Bright rectangles whose width grows with the label (a shape a classifier can learn), placed at random."""
     images = torch.zeros(n, 28, 28, dtype=torch.uint8)
@@ -56,8 +47,8 @@ def mnist_root(tmp_path_factory) -> str:
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     generator = torch.Generator().manual_seed(0)
-    _write_idx(raw, "train", *_fake_digits(120, generator))  # split 5:1 -> 100 training, 20 test images
-    _write_idx(raw, "t10k", *_fake_digits(10, generator))
+    write_mnist_idx(raw, "train", *_fake_digits(120, generator))  # split 5:1 -> 100 training, 20 test images
+    write_mnist_idx(raw, "t10k", *_fake_digits(10, generator))
     return str(root)
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_path
+from conftest import shared_path, write_mnist_idx
 from PIL import Image, ImageColor
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
@@ -39,12 +38,6 @@ def palette(colors) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- fake data
 
 
-def write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    n = len(images)
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
-
-
 def fake_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Class k is a filled bar whose size depends on k, at a random place, with faint edges either side."""
     labels = np.arange(n, dtype=np.uint8) % 10
@@ -68,8 +61,8 @@ def mnist(tmp_path_factory) -> tuple[Path, torch.Tensor, torch.Tensor]:
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     images, labels = fake_digits(NUM_TRAIN_DIGITS, rng)
-    write_idx(raw, "train", images, labels)
-    write_idx(raw, "t10k", *fake_digits(50, rng))
+    write_mnist_idx(raw, "train", images, labels)
+    write_mnist_idx(raw, "t10k", *fake_digits(50, rng))
     return root, torch.from_numpy(images), torch.from_numpy(labels).long()
 
 

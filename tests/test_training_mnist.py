@@ -7,12 +7,11 @@ import dataclasses
 import json
 import os
 import signal
-import struct
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import shared_path
+from conftest import shared_path, write_mnist_idx
 from PIL import Image
 
 import cfaug
@@ -40,14 +39,6 @@ from cfaug.training.monitor import MaskStats, detect_collapse, mask_stats
 # ------------------------------------------------------------------------------------------ fake data
 
 
-def _write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
-    n = len(images)
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
-        struct.pack(">IIII", 2051, n, 28, 28) + images.numpy().tobytes()
-    )
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
-
-
 def _fake_digits(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Bright rectangles of random size and place, well inside the 28x28 frame (as digits are)."""
     images = torch.zeros(n, 28, 28, dtype=torch.uint8)
@@ -65,8 +56,8 @@ def mnist_root(tmp_path_factory) -> str:
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     generator = torch.Generator().manual_seed(0)
-    _write_idx(raw, "train", *_fake_digits(60, generator))  # split 5:1 -> 50 training images
-    _write_idx(raw, "t10k", *_fake_digits(10, generator))
+    write_mnist_idx(raw, "train", *_fake_digits(60, generator))  # split 5:1 -> 50 training images
+    write_mnist_idx(raw, "t10k", *_fake_digits(10, generator))
     return str(root)
 
 
