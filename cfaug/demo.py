@@ -18,19 +18,33 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
+from cfaug._utils import atomic_write
 from cfaug.backends.base import Backend
 from cfaug.registry import load_backend
 from cfaug.transforms import CounterfactualAugment
 
-__all__ = ["counterfactual_grid", "run_demo"]
+__all__ = ["counterfactual_grid", "run_demo", "save_grid"]
 
 #: Smallest side of one picture in the saved grids; 32-pixel images are enlarged (nearest) so they can be seen.
 MIN_CELL = 96
 
 
-def _save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
+def save_grid(images: torch.Tensor, path: str | os.PathLike[str], nrow: int) -> Path:
+    """Save ``(B, C, H, W)`` images in [0, 1] as one PNG grid, atomically, enlarging small images to be seen.
+
+    Args:
+        images: the pictures, row-major.
+        path: the PNG file to write.
+        nrow: pictures per row.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
     scale = max(1, -(-MIN_CELL // images.shape[-1]))
-    save_image(F.interpolate(images, scale_factor=scale, mode="nearest"), path, nrow=nrow, padding=2, pad_value=1.0)
+    enlarged = F.interpolate(images.detach().float().cpu(), scale_factor=scale, mode="nearest")
+    with atomic_write(path) as handle:
+        save_image(enlarged, handle, format="png", nrow=nrow, padding=2, pad_value=1.0)
     return path
 
 
@@ -73,7 +87,7 @@ def run_demo(
     paths = []
 
     grid = counterfactual_grid(model, classes=n, seed=seed)
-    paths.append(_save_grid(grid, out / "counterfactual_grid.png", nrow=n))
+    paths.append(save_grid(grid, out / "counterfactual_grid.png", nrow=n))
 
     generator = torch.Generator().manual_seed(seed)
     shape = torch.arange(n)
@@ -81,7 +95,7 @@ def run_demo(
     background = torch.randint(0, model.num_classes, (n,), generator=generator)
     parts = model.sample(shape, texture, background, generator=generator)
     columns = [parts.mask.expand_as(parts.image), parts.foreground, parts.background, parts.image]
-    paths.append(_save_grid(torch.stack(columns, dim=1).flatten(0, 1), out / "components.png", nrow=4))
+    paths.append(save_grid(torch.stack(columns, dim=1).flatten(0, 1), out / "components.png", nrow=4))
 
     # "Real" inputs for the augmentation example: factual images (all mechanisms of the label's class), since a
     # fresh machine has no dataset on disk.
@@ -91,5 +105,5 @@ def run_demo(
     augmented, same_labels = augment(originals, labels)
     if not torch.equal(same_labels, labels):
         raise RuntimeError("CounterfactualAugment changed the labels; it must keep the shape class.")
-    paths.append(_save_grid(torch.cat([originals, augmented]), out / "augment_example.png", nrow=n))
+    paths.append(save_grid(torch.cat([originals, augmented]), out / "augment_example.png", nrow=n))
     return paths

@@ -22,31 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import PIL.Image
 import torch
-from torchvision.utils import make_grid
 
 import cfaug
 from cfaug._utils import atomic_write
 from cfaug.backends.base import Backend
-from cfaug.demo import counterfactual_grid, run_demo
+from cfaug.demo import counterfactual_grid, run_demo, save_grid
 
 REPO = Path(__file__).resolve().parent.parent
-#: Enlargement of the 32x32 images (nearest neighbour, so pixels stay sharp), as ``cfaug demo`` does.
-SCALE = 3
-
-
-def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """A grid of ``(B, C, H, W)`` images in [0, 1], each enlarged ``SCALE`` times, laid out like ``cfaug demo``'s."""
-    images = images.repeat_interleave(SCALE, dim=2).repeat_interleave(SCALE, dim=3)
-    return make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
-
-
-def write_png(image: torch.Tensor, path: Path) -> None:
-    """Write a float RGB image ``(3, H, W)`` in [0, 1] as a PNG, atomically."""
-    pixels = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
-    with atomic_write(path) as handle:
-        PIL.Image.fromarray(pixels).save(handle, format="PNG")
 
 
 def load_backend(backend_name: str, weights: str | None) -> Backend:
@@ -96,7 +79,7 @@ def variant_pictures(data_root: str, out: Path, count: int = 10) -> Path:
             images, _ = cls(data_root, train=train).batch(range(count))
             rows.append(images)
     path = out / "mnist_variants.png"
-    write_png(image_grid(torch.cat(rows), nrow=count), path)
+    save_grid(torch.cat(rows), path, nrow=count)
     return path
 
 
@@ -107,7 +90,7 @@ def stripes_picture(out: Path, seed: int) -> Path:
 
     backend = StripesBackend().eval()
     path = out / "stripes_grid.png"
-    write_png(image_grid(counterfactual_grid(backend, seed=seed), nrow=backend.num_classes), path)
+    save_grid(counterfactual_grid(backend, seed=seed), path, nrow=backend.num_classes)
     return path
 
 

@@ -467,9 +467,7 @@ def run_table2(
     Raises:
         TypeError, ValueError: an argument has the wrong type or value (the message names it).
     """
-    from torchvision.utils import save_image
-
-    from cfaug.demo import counterfactual_grid
+    from cfaug.demo import counterfactual_grid, save_grid
 
     verify_str_arg(variant, "variant", VARIANTS)
     weights = _check_weights(weights)
@@ -513,16 +511,7 @@ def run_table2(
             backend = backends[name]
             if name not in grids:
                 path = out / f"counterfactual_grid_{variant}_{name}.png"
-                grid = counterfactual_grid(backend, seed=dataset_seed).cpu()
-                with atomic_write(path) as handle:
-                    save_image(
-                        F.interpolate(grid, scale_factor=3, mode="nearest"),
-                        handle,
-                        format="png",
-                        nrow=backend.num_classes,
-                        padding=2,
-                        pad_value=1.0,
-                    )
+                save_grid(counterfactual_grid(backend, seed=dataset_seed), path, nrow=backend.num_classes)
                 grids[name] = path.name
             counterfactuals = generate_counterfactuals(backend, num_counterfactuals, seed, progress=progress)
             for setting in ("original+cf", "cf"):
