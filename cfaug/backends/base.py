@@ -136,7 +136,10 @@ class Backend(nn.Module, abc.ABC):
         """Backgrounds in [0, 1], ``(B, C, H, W)``, for ``classes`` and per-sample ``seeds``."""
 
     def generate(self, mechanism: str, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-        """Run one mechanism without autograd, on the backend's device.
+        """Run one mechanism without autograd, in eval mode, on the backend's device.
+
+        A backend left in training mode is switched to eval mode for the call and back afterwards, so generation
+        never uses batch statistics nor updates running statistics.
 
         Args:
             mechanism: ``"shape"``, ``"texture"`` or ``"background"``.
