@@ -36,6 +36,7 @@ QUICK = dict(
     checkpoint_every=2,
     probe_per_class=2,
     collapse_after=10_000,
+    shape_teacher_steps=5,
     progress=False,
 )
 

@@ -35,6 +35,7 @@ from cfaug.training import mnist as trainer
 from cfaug.training.cli import config_from_args
 from cfaug.training.discriminators import DiscConv, DiscLin, build_discriminator
 from cfaug.training.monitor import MaskStats, detect_collapse, mask_stats
+from cfaug.training.shape_teacher import train_shape_teacher
 
 # ------------------------------------------------------------------------------------------ fake data
 
@@ -80,6 +81,7 @@ def tiny(mnist_root: str, **changes) -> TrainConfig:
         checkpoint_every=2,
         probe_per_class=2,
         collapse_after=10_000,
+        shape_teacher_steps=5,
         progress=False,
         num_threads=1,  # tiny convolutions: a second thread only adds contention on a shared CPU
     )
@@ -304,9 +306,13 @@ def test_a_run_writes_its_folder_and_changes_the_weights(mnist_root, tmp_path):
         "batch_mask_binariness",
         "probe_area_mean",
         "probe_binariness",
+        "g_shape",
+        "probe_shape_accuracy",
     ):
         assert all(torch.isfinite(torch.tensor(r[key])) for r in records[1:]), key
     assert len(records[1]["probe_area_per_class"]) == 10
+    assert len(records[1]["probe_shape_accuracy_per_class"]) == 10
+    assert 0 <= document["shape_teacher"]["held_out_accuracy"] <= 1
 
     grids = sorted(p.name for p in (run_dir / "samples").iterdir())
     assert grids == ["step-000000.png", "step-000002.png", "step-000004.png"]
@@ -316,7 +322,7 @@ def test_a_run_writes_its_folder_and_changes_the_weights(mnist_root, tmp_path):
     state = load_checkpoint(run_dir / "checkpoints" / "latest.safetensors")
     assert state.meta["step"] == 4 and state.meta["kind"] == trainer.CHECKPOINT_KIND
     prefixes = {name.split(".")[0] for name in state.state_dict}
-    assert prefixes == {"G", "G_ema", "D", "opt_g", "opt_d"}
+    assert prefixes == {"G", "G_ema", "D", "S", "opt_g", "opt_d"}
 
     # Resume from step 2 in another folder, to see the weights move between steps 2 and 4.
     early = tmp_path / "early"
@@ -440,6 +446,39 @@ def test_detector_flags_each_kind_of_collapse():
     assert not any(p.startswith(f"class {c}") for p in problems for c in range(6, 9))
 
 
+def test_detector_flags_a_wrong_digit_read_by_the_shape_teacher():
+    healthy = dict(area=[0.2] * 10, border=[0.0] * 10, spread=[0.3] * 10, diversity=[0.1] * 10, binariness=0.95)
+    others = dict(similarity=[0.8] * 10, closest=[1, 0] + [0] * 8)
+    stats = MaskStats(**healthy, **others, shape_accuracy=[1.0] * 9 + [0.25])
+    problems = detect_collapse(stats, **THRESHOLDS, min_shape_accuracy=0.5)
+    assert problems == ["class 9: wrong digit (the shape teacher reads 25% of its masks as 9 < 50%)"]
+    assert detect_collapse(stats, **THRESHOLDS) == []  # the check is off by default
+    assert stats.summary()["shape_accuracy_min"] == 0.25
+
+
+def test_shape_teacher_learns_shapes_and_measures_accuracy():
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.randint(0, 10, (1200,), generator=generator)
+    masks = _disc_masks(classes, torch.randint(0, 10_000, (1200,), generator=generator))
+    teacher, accuracy = train_shape_teacher(masks, classes, steps=60, batch_size=64, held_out=300)
+    assert accuracy > 0.9  # chance: 0.1
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    again, _ = train_shape_teacher(masks, classes, steps=60, batch_size=64, held_out=300)
+    assert all(
+        torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), again.state_dict().values(), strict=True)
+    )
+    stats = mask_stats(masks[:200], classes[:200], 10, border_width=3, teacher=teacher)
+    assert min(stats.shape_accuracy) > 0.5
+    wrong = mask_stats(masks[:200], (classes[:200] + 1) % 10, 10, border_width=3, teacher=teacher)
+    assert max(wrong.shape_accuracy) < 0.5
+    with pytest.raises(ValueError, match="`labels` should be a \\(1200,\\) tensor"):
+        train_shape_teacher(masks, classes[:5])
+    with pytest.raises(ValueError, match="`steps`"):
+        train_shape_teacher(masks, classes, steps=0)
+    with pytest.raises(ValueError, match="`lambda_shape` is positive but `shape_teacher_steps` is 0"):
+        TrainConfig(lambda_shape=1.0)
+
+
 @pytest.mark.shared
 def test_detector_passes_real_digit_masks():
     from cfaug.datasets.mnist_variants import ColoredMNIST
@@ -483,7 +522,10 @@ def test_forced_collapse_raises_and_is_logged(mnist_root, tmp_path, monkeypatch)
 
 def test_healthy_masks_do_not_trigger_the_detector(mnist_root, tmp_path, monkeypatch):
     monkeypatch.setattr(MnistBackend, "shape_mechanism", lambda self, classes, seeds: _disc_masks(classes, seeds))
-    config = tiny(mnist_root, collapse_after=0, collapse_action="raise", probe_per_class=4)
+    # Discs are healthy masks but no digits: the shape teacher's check is tested on its own above.
+    config = tiny(
+        mnist_root, collapse_after=0, collapse_action="raise", probe_per_class=4, collapse_min_shape_accuracy=0.0
+    )
     final = train_cgn_mnist(config, tmp_path)
     assert final.exists()
     assert all(record["collapse"] == [] for record in _stats(tmp_path))
@@ -515,6 +557,8 @@ def test_cli_arguments_build_the_config_and_train(mnist_root, tmp_path, capsys):
         "mask_area=[0.05,0.4]",
         "--set",
         "probe_per_class=1",
+        "--set",
+        "shape_teacher_steps=5",
     ]
     args = parser.parse_args(argv)
     config = config_from_args(args)
@@ -529,6 +573,7 @@ def test_cli_arguments_build_the_config_and_train(mnist_root, tmp_path, capsys):
         train_images=20,
         mask_area=(0.05, 0.4),
         probe_per_class=1,
+        shape_teacher_steps=5,
     )
     assert run_train_mnist(args) == 0
     assert "final.safetensors" in capsys.readouterr().out

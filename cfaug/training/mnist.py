@@ -6,7 +6,8 @@ One iteration follows the authors' ``train_cgn.py`` (notes sections 2.4-2.5):
 2. ``y_gen`` uniform over the classes, one noise ``u`` shared by the three mechanisms (the standard forward),
    random cyclic shifts of both texture maps; ``x_gen = m * f + (1 - m) * b``;
 3. a generator update on ``LSGAN(D(x_gen, y_gen)) + lambda_mask * H2(m) + style(x_gen, x_real)`` plus our mask
-   regularisers (area interval, border band);
+   regularisers (area interval, border band, spread) and our shape teacher's cross-entropy on ``m``
+   (``training.shape_teacher``, trained on the split's ground-truth masks before the first iteration);
 4. our generator EMA update;
 5. a discriminator update on ``x_real`` and ``x_gen.detach()``.
 
@@ -26,7 +27,7 @@ global RNG state is saved and restored around the run.
       config.json                 the TrainConfig and what it resolved to (feature network, dataset size, versions)
       stats.jsonl                 one JSON object per log interval: losses, D outputs, mask area/binariness, img/s
       samples/step-XXXXXX.png     fixed-noise grids: a row per shape class; mask, fg, bg, composite; counterfactuals
-      checkpoints/latest.safetensors  G, G_ema, D, both Adam states, step (everything needed to resume)
+      checkpoints/latest.safetensors  G, G_ema, D, the shape teacher, both Adam states, step (all to resume)
       final.safetensors           the exported generator (G_ema) as an ``mnist`` backend checkpoint
 """
 
@@ -48,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import atomic_write
@@ -66,6 +68,7 @@ from cfaug.training.monitor import (
     probe_inputs,
     save_sample_grid,
 )
+from cfaug.training.shape_teacher import MaskClassifier, train_shape_teacher
 from cfaug.version import __version__
 
 __all__ = ["CHECKPOINT_KIND", "build_train_dataset", "train_cgn_mnist"]
@@ -74,7 +77,7 @@ __all__ = ["CHECKPOINT_KIND", "build_train_dataset", "train_cgn_mnist"]
 CHECKPOINT_KIND = "cfaug.training.mnist.state"
 
 # Streams of the run seed: each kind of randomness has its own, so changing one leaves the others untouched.
-_INIT_STREAM, _STEP_STREAM, _DATA_STREAM = 1, 2, 3
+_INIT_STREAM, _STEP_STREAM, _DATA_STREAM, _TEACHER_STREAM = 1, 2, 3, 4
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -260,6 +263,9 @@ class _Run:
             self.features = build_feature_network(self.style_indices, config.feature_net).to(self.device)
         self.optimizer_g = torch.optim.Adam(_generator_groups(self.generator, config), betas=config.betas)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas)
+        #: the frozen shape teacher (``prepare_teacher`` trains it, ``load_state`` restores it); None without one.
+        self.teacher: MaskClassifier | None = None
+        self.teacher_info: dict[str, Any] = {}
         self.probe_classes, self.probe_seeds = probe_inputs(
             config.seed, self.generator.num_classes, config.probe_per_class
         )
@@ -274,6 +280,26 @@ class _Run:
         self._lap_start = 0.0
 
     # ------------------------------------------------------------------------------------ bookkeeping
+    def prepare_teacher(self) -> None:
+        """Train the shape teacher on the ground-truth masks of the run's training images (if the config has one)."""
+        config = self.config
+        if config.shape_teacher_steps == 0:
+            return
+        started = time.perf_counter()
+        self.teacher, accuracy = train_shape_teacher(
+            self.dataset.masks[: self.num_items],
+            self.dataset.targets[: self.num_items],
+            num_classes=self.generator.num_classes,
+            steps=config.shape_teacher_steps,
+            seed=mix_seed(config.seed, _TEACHER_STREAM),
+            device=self.device,
+        )
+        self.teacher_info = {
+            "held_out_accuracy": round(accuracy, 4),
+            "steps": config.shape_teacher_steps,
+            "train_seconds": round(time.perf_counter() - started, 1),
+        }
+
     @property
     def exported(self) -> MnistBackend:
         """The generator that is monitored and exported: the EMA when there is one."""
@@ -303,6 +329,8 @@ class _Run:
         tensors = {**_prefixed("G", self.generator), **_prefixed("D", self.discriminator)}
         if self.generator_ema is not None:
             tensors.update(_prefixed("G_ema", self.generator_ema))
+        if self.teacher is not None:
+            tensors.update(_prefixed("S", self.teacher))
         opt_g_tensors, opt_g_meta = _flatten_optimizer("opt_g", self.optimizer_g)
         opt_d_tensors, opt_d_meta = _flatten_optimizer("opt_d", self.optimizer_d)
         tensors.update(opt_g_tensors)
@@ -315,6 +343,7 @@ class _Run:
             "resolved": self.resolved(),
             "opt_g": opt_g_meta,
             "opt_d": opt_d_meta,
+            "shape_teacher": self.teacher_info,
             "rng": "reseeded from (seed, step) at every iteration: the step is the whole RNG state",
         }
         save_checkpoint(self.checkpoint_path, tensors, meta)
@@ -339,13 +368,23 @@ class _Run:
         self.discriminator.load_state_dict(_unprefixed("D", tensors), strict=True)
         if self.generator_ema is not None:
             self.generator_ema.load_state_dict(_unprefixed("G_ema", tensors), strict=True)
+        if self.config.shape_teacher_steps:
+            self.teacher = MaskClassifier(self.generator.num_classes).to(self.device)
+            self.teacher.load_state_dict(_unprefixed("S", tensors), strict=True)
+            self.teacher.eval().requires_grad_(False)
+            self.teacher_info = dict(meta.get("shape_teacher", {}))
         self.optimizer_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, meta["opt_g"]))
         self.optimizer_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d"]))
         self.step = int(meta["step"])
         self.train_seconds = float(meta["train_seconds"])
 
     def write_config(self) -> None:
-        document = {"config": self.config.to_dict(), "resolved": self.resolved(), "environment": self.environment()}
+        document = {
+            "config": self.config.to_dict(),
+            "resolved": self.resolved(),
+            "environment": self.environment(),
+            "shape_teacher": self.teacher_info or None,
+        }
         with atomic_write(self.run_dir / "config.json", "w") as handle:
             json.dump(document, handle, indent=2, sort_keys=True)
             handle.write("\n")
@@ -397,6 +436,9 @@ class _Run:
         if config.lambda_spread > 0:
             terms["g_spread"] = losses.mask_spread_loss(mask, config.mask_max_spread)
             total = total + config.lambda_spread * terms["g_spread"]
+        if config.lambda_shape > 0 and self.teacher is not None:
+            terms["g_shape"] = F.cross_entropy(self.teacher(mask), labels)
+            total = total + config.lambda_shape * terms["g_shape"]
         terms["g_total"] = total
         self.optimizer_g.zero_grad(set_to_none=True)
         self._lap("g_losses")
@@ -459,7 +501,9 @@ class _Run:
         monitored = self.exported
         with _eval_mode(monitored), torch.no_grad():
             masks = monitored.generate("shape", self.probe_classes, self.probe_seeds)
-        return mask_stats(masks, self.probe_classes, monitored.num_classes, self.config.border_width)
+        return mask_stats(
+            masks, self.probe_classes, monitored.num_classes, self.config.border_width, teacher=self.teacher
+        )
 
     def log(self) -> list[str]:
         """Append a stats line; return the collapse symptoms (empty when healthy or not armed yet)."""
@@ -473,6 +517,7 @@ class _Run:
             max_spread=config.collapse_max_spread,
             min_diversity=config.collapse_min_diversity,
             max_similarity=config.collapse_max_similarity,
+            min_shape_accuracy=config.collapse_min_shape_accuracy,
         )
         armed = self.step >= config.collapse_after
         steps = max(self._interval_steps, 1)
@@ -506,6 +551,8 @@ class _Run:
         """Write final.safetensors: the exported generator as an ``mnist`` backend checkpoint."""
         record = getattr(self, "last_record", {})
         metrics = {k: v for k, v in record.items() if k.startswith(("probe_", "g_", "d_", "batch_"))}
+        if self.teacher_info:
+            metrics["shape_teacher"] = self.teacher_info
         recipe = {"config": self.config.to_dict(), "resolved": self.resolved(), "trainer": "cfaug.training.mnist"}
         training = {
             "steps": self.step,
@@ -606,6 +653,7 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
                 _truncate_stats(run.stats_path, run.step)
             else:
                 run.stats_path.unlink(missing_ok=True)
+                run.prepare_teacher()
             run.write_config()
             if run.step >= config.steps:
                 return run.final_path if run.final_path.exists() else run.export()

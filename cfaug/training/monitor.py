@@ -16,7 +16,11 @@ counterfactuals built from it are useless. ``detect_collapse`` flags, per shape 
   another class's (real digits: 0.92 at most with 5,000 images, 0.85 with 8 per class; the authors' models: 0.85
   at most); seen in short runs where several classes shared one blob drawn dark on a white background;
 * **frozen mask**: the per-pixel standard deviation over the probe's noise draws, averaged over pixels, below
-  ``collapse_min_diversity`` (0.01; the authors' models: 0.14-0.16), i.e. the shape mechanism ignores its noise.
+  ``collapse_min_diversity`` (0.01; the authors' models: 0.14-0.16), i.e. the shape mechanism ignores its noise;
+* **wrong digit**: with a shape teacher (``training.shape_teacher``), the share of the class's probe masks that
+  the teacher reads as the class is below ``collapse_min_shape_accuracy``. The other symptoms cannot see a
+  well-formed mask of the wrong digit, which the discriminator of a biased variant lets through because the colour
+  already names the class.
 
 The detector is armed after ``collapse_after`` iterations: a freshly initialised mask is noise around area 0.4
 that fails the border test by design.
@@ -34,6 +38,7 @@ from cfaug._utils import atomic_write
 from cfaug.backends.base import Backend
 from cfaug.seeding import index_seeds, mix_seed
 from cfaug.training.losses import border_band, mask_spread
+from cfaug.training.shape_teacher import shape_accuracy
 
 __all__ = ["MaskCollapseError", "MaskStats", "detect_collapse", "mask_stats", "probe_inputs", "save_sample_grid"]
 
@@ -58,6 +63,7 @@ class MaskStats:
         similarity: per class, the highest cosine similarity of its mean mask with another class's.
         closest: per class, that other class.
         binariness: ``mean(|2m - 1|)`` over all pixels: 1 for a binary mask, 0 for ``m = 0.5`` everywhere.
+        shape_accuracy: per class, the share of masks the shape teacher reads as the class; None without one.
     """
 
     area: list[float]
@@ -67,10 +73,11 @@ class MaskStats:
     binariness: float
     similarity: list[float]
     closest: list[int]
+    shape_accuracy: list[float] | None = None
 
     def summary(self) -> dict[str, float | list[float]]:
         """JSON-ready numbers for ``stats.jsonl`` (means over classes plus the per-class lists)."""
-        return {
+        summary: dict[str, float | list[float]] = {
             "area_mean": sum(self.area) / len(self.area),
             "area_min": min(self.area),
             "area_max": max(self.area),
@@ -83,6 +90,11 @@ class MaskStats:
             "border_per_class": [round(b, 4) for b in self.border],
             "spread_per_class": [round(s, 4) for s in self.spread],
         }
+        if self.shape_accuracy is not None:
+            summary["shape_accuracy"] = sum(self.shape_accuracy) / len(self.shape_accuracy)
+            summary["shape_accuracy_min"] = min(self.shape_accuracy)
+            summary["shape_accuracy_per_class"] = [round(a, 4) for a in self.shape_accuracy]
+        return summary
 
 
 def probe_inputs(seed: int, num_classes: int, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,10 +103,17 @@ def probe_inputs(seed: int, num_classes: int, per_class: int) -> tuple[torch.Ten
     return classes, index_seeds(mix_seed(seed, _PROBE_STREAM), range(len(classes)))
 
 
-def mask_stats(masks: torch.Tensor, classes: torch.Tensor, num_classes: int, border_width: int) -> MaskStats:
+def mask_stats(
+    masks: torch.Tensor,
+    classes: torch.Tensor,
+    num_classes: int,
+    border_width: int,
+    teacher: torch.nn.Module | None = None,
+) -> MaskStats:
     """Statistics of ``masks`` ``(B, 1, H, W)`` grouped by shape class ``classes`` ``(B,)``.
 
-    Classes absent from the batch get NaN entries.
+    Classes absent from the batch get NaN entries. With a shape ``teacher`` (``training.shape_teacher``) the
+    per-class shape accuracy is measured too.
     """
     spread = mask_spread(masks.detach().float())
     masks = masks.detach().float()[:, 0]
@@ -115,6 +134,10 @@ def mask_stats(masks: torch.Tensor, classes: torch.Tensor, num_classes: int, bor
         per_class[3].append(float(variation))
     binariness = float((2 * masks - 1).abs().mean())
     similarity, closest = _class_similarity(masks, classes.to(masks.device), num_classes)
+    accuracy = None
+    if teacher is not None:
+        correct = shape_accuracy(teacher, masks.unsqueeze(1), classes.to(masks.device))
+        accuracy = [float(correct[classes.to(masks.device) == c].mean()) for c in range(num_classes)]
     return MaskStats(
         area=per_class[0],
         border=per_class[1],
@@ -123,6 +146,7 @@ def mask_stats(masks: torch.Tensor, classes: torch.Tensor, num_classes: int, bor
         binariness=binariness,
         similarity=similarity,
         closest=closest,
+        shape_accuracy=accuracy,
     )
 
 
@@ -150,6 +174,7 @@ def detect_collapse(
     max_spread: float,
     min_diversity: float,
     max_similarity: float,
+    min_shape_accuracy: float = 0.0,
 ) -> list[str]:
     """The collapse symptoms in ``stats``, one line per symptom and class; empty when the masks are healthy."""
     problems = []
@@ -171,6 +196,11 @@ def detect_collapse(
             )
         if diversity < min_diversity:
             problems.append(f"class {c}: frozen mask (noise changes it by {diversity:.4f} < {min_diversity})")
+        if stats.shape_accuracy is not None and stats.shape_accuracy[c] < min_shape_accuracy:
+            problems.append(
+                f"class {c}: wrong digit (the shape teacher reads {stats.shape_accuracy[c]:.0%} of its masks as "
+                f"{c} < {min_shape_accuracy:.0%})"
+            )
     return problems
 
 
