@@ -15,6 +15,7 @@ from cfaug.evaluation.mnist import add_evaluate_mnist_arguments, run_evaluate_mn
 from cfaug.hub import WeightsError
 from cfaug.registry import BackendImportError, get_backend_class, list_backends
 from cfaug.training.cli import add_train_mnist_arguments, run_train_mnist
+from cfaug.training.mask_estimator import add_train_mask_estimator_arguments, run_train_mask_estimator
 
 __all__ = ["build_parser", "main"]
 
@@ -135,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     train_mnist = groups["train"].add_parser("mnist", help="train an MNIST CGN (resumable run folder)")
     add_train_mnist_arguments(train_mnist)
     train_mnist.set_defaults(handler=run_train_mnist)
+
+    train_masks = groups["train"].add_parser(
+        "mask-estimator", help="train the mask estimator of an MNIST CGN for real images (estimate_mask)"
+    )
+    add_train_mask_estimator_arguments(train_masks)
+    train_masks.set_defaults(handler=run_train_mask_estimator)
 
     evaluate_mnist = groups["evaluate"].add_parser("mnist", help="the paper's Table 2 classifier experiment")
     add_evaluate_mnist_arguments(evaluate_mnist)
