@@ -29,7 +29,7 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "imagenet": ["pytorch-pretrained-biggan>=0.1.1", "scipy"],
+        "imagenet": ["pytorch-pretrained-biggan>=0.1.1", "scipy", "onnx"],
         "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
         "test": ["pytest>=7"],
     },
