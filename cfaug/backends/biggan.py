@@ -1,0 +1,837 @@
+"""The ``biggan`` backend: the ImageNet CGN of Sauer & Geiger (ICLR 2021) on BigGAN-deep.
+
+Three independent mechanisms, each a full copy of a BigGAN-deep generator (``pytorch_pretrained_biggan``, extra
+``cfaug[imagenet]``), fine-tuned separately:
+
+* **shape** ``f_shape(u, y_s)`` draws a *pre-mask* image; a frozen U2-Net turns it into the object mask
+  ``m = clamp(U2Net(pre-mask), 1e-4, 1 - 1e-4)``, ``(B, 1, H, W)``. Gradients flow through the frozen U2-Net;
+* **texture** ``f_text(u, y_t)`` draws the foreground texture;
+* **background** ``f_bg(u, y_b)`` draws the background.
+
+All three share the noise ``u = truncation * TruncNormal(-2, 2)^z_dim`` of a sample (as the authors do, in
+training and in counterfactual mode) and take their own class, so ``(y_s, y_t, y_b)`` can be chosen
+independently. ``u`` comes from the per-sample stream of ``cfaug.seeding``: an image depends only on its three
+classes, its seed and the truncation, never on the batch it is generated in. BigGAN works in [-1, 1]; the backend
+returns foregrounds and backgrounds mapped to [0, 1], and the U2-Net sees the raw [-1, 1] pre-mask, as in the
+authors' code (no resizing to 320 and no ImageNet normalisation).
+
+Training needs two things generation does not: a fourth, frozen BigGAN that draws the pseudo ground truth, and
+the U2-Net's saliency of the background (``cfaug.training.imagenet``). Neither is part of this backend, so
+generating an image costs three BigGAN forwards and one U2-Net forward, against four and two in the authors'
+``generate_data.py``.
+
+Weights:
+
+* ``BigGANBackend.from_biggan("biggan-deep-256", u2net_weights=...)`` builds the untrained CGN (all three copies
+  equal to the pretrained BigGAN), the starting point of training. BigGAN comes from a local folder holding
+  ``config.json`` and ``pytorch_model.bin`` (``load_biggan``) or, with network access, by name;
+* ``BigGANBackend.import_weights("cgn.pth")`` converts the authors' released ImageNet CGN (module names
+  ``f_shape``, ``f_text``, ``f_bg``, ``biggan_GT``, ``u2net``), checked key by key;
+* ``cfaug.load_backend("biggan", weights="cgn.safetensors")`` loads cfaug's checkpoint of it: the three BigGAN
+  copies and the U2-Net in one safetensors file, the architecture in its metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cfaug._utils import atomic_write, check_positive_int, require, sha256_file, verify_str_arg
+from cfaug.backends.base import Backend
+from cfaug.checkpoint import Checkpoint, CheckpointError
+from cfaug.hub import Weights
+from cfaug.seeding import mix_seed
+
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "MASK_CLAMP",
+    "NAMED_BIGGANS",
+    "U2NET_VARIANTS",
+    "BigGANBackend",
+    "biggan_image_size",
+    "build_biggan",
+    "check_biggan_config",
+    "imagenet_class_names",
+    "load_biggan",
+    "prepare_random_biggan",
+    "resolve_biggan_config",
+    "save_biggan",
+    "truncated_noise",
+]
+
+#: The mask is clamped to [MASK_CLAMP, 1 - MASK_CLAMP], as in the authors' code (keeps the binary entropy finite).
+MASK_CLAMP = 1e-4
+#: BigGAN-deep checkpoints that ``pytorch_pretrained_biggan`` downloads by name (network access needed).
+NAMED_BIGGANS: tuple[str, ...] = ("biggan-deep-128", "biggan-deep-256", "biggan-deep-512")
+#: U2-Net variants of ``cfaug.models.u2net``.
+U2NET_VARIANTS: tuple[str, ...] = ("u2net", "u2netp", "tiny")
+#: Values of the ``autocast`` argument and the dtype each runs the GPU forward in.
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: The truncated normal of the noise is cut at +-TRUNCNORM_BOUND before scaling by the truncation.
+TRUNCNORM_BOUND = 2.0
+
+# Per-sample random stream of the noise u (see cfaug.seeding). Part of the output format: renumbering it changes
+# every image generated from a given seed. One stream for all three mechanisms: they share u.
+NOISE_STREAM = 0
+
+# Power iterations given to a freshly built BigGAN: near-converged spectral norms (see prepare_random_biggan).
+_RANDOM_POWER_ITERATIONS = 10
+_WEIGHTS_FILE = "pytorch_model.bin"
+_CONFIG_FILE = "config.json"
+_MECHANISM_MODULES = ("f_shape", "f_text", "f_bg")
+# What the authors' CGN state dict holds besides the mechanisms: the frozen ground-truth BigGAN (training only).
+_AUTHORS_GT_MODULE = "biggan_GT"
+
+
+def _ppb() -> ModuleType:
+    """``pytorch_pretrained_biggan``, or an ImportError that names the extra to install."""
+    return require("pytorch_pretrained_biggan", "imagenet")
+
+
+def _u2net_module() -> ModuleType:
+    # Imported on use: the U2-Net definitions are only needed once a backend is built.
+    import cfaug.models.u2net as u2net
+
+    return u2net
+
+
+# ------------------------------------------------------------------------------------------------ noise
+def truncated_noise(
+    seeds: torch.Tensor, dim: int, truncation: float, stream: int = NOISE_STREAM, bound: float = TRUNCNORM_BOUND
+) -> torch.Tensor:
+    """BigGAN noise ``truncation * TruncNormal(-bound, bound)``, ``(len(seeds), dim)``, one row per seed's stream.
+
+    The authors draw it with ``scipy.stats.truncnorm``; here it is the inverse normal CDF of a uniform on
+    ``[Phi(-bound), Phi(bound)]`` (computed in float64), which has the same distribution and depends only on the
+    sample's seed.
+
+    Args:
+        seeds: per-sample seeds, ``(B,)`` int64.
+        dim: noise dimension (BigGAN's ``z_dim``).
+        truncation: scale in (0, 1].
+        stream: the seeds' stream to draw from.
+        bound: the truncation of the standard normal.
+
+    Returns:
+        float32 noise on the CPU.
+
+    Examples:
+        >>> u = truncated_noise(torch.tensor([0, 1]), 128, 0.5)
+        >>> u.shape, bool(u.abs().max() <= 1.0)
+        (torch.Size([2, 128]), True)
+    """
+    check_positive_int(dim, "dim")
+    _check_truncation(truncation)
+    if len(seeds) == 0:
+        return torch.empty(0, dim)
+    uniform = torch.stack(
+        [
+            torch.rand(dim, generator=torch.Generator().manual_seed(mix_seed(int(s), stream)), dtype=torch.float64)
+            for s in seeds.tolist()
+        ]
+    )
+    low = torch.special.ndtr(torch.tensor(-bound, dtype=torch.float64))
+    high = torch.special.ndtr(torch.tensor(bound, dtype=torch.float64))
+    values = torch.special.ndtri(low + uniform * (high - low)).clamp(-bound, bound)
+    return (truncation * values).float()
+
+
+def _check_truncation(truncation: Any) -> float:
+    if isinstance(truncation, bool) or not isinstance(truncation, (int, float)):
+        raise TypeError(f"`truncation` should be a number in (0, 1], but got {type(truncation).__name__}.")
+    if not 0.0 < float(truncation) <= 1.0:
+        raise ValueError(f"`truncation` should be in (0, 1], but got {truncation!r}.")
+    return float(truncation)
+
+
+# ------------------------------------------------------------------------------------------- configs
+def resolve_biggan_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A BigGAN-deep architecture as a checked, JSON-ready dict.
+
+    Args:
+        config: a name from ``NAMED_BIGGANS`` (the package's ``BigGAN128/256/512`` configs), a dict of
+            ``BigGANConfig`` fields, or the path of a ``config.json``.
+
+    Raises:
+        ValueError: unknown name, or a config that breaks the architecture's constraints.
+        FileNotFoundError: the path does not exist.
+    """
+    if isinstance(config, Mapping):
+        return check_biggan_config(config)
+    if not isinstance(config, (str, os.PathLike)):
+        raise TypeError(
+            f"`biggan_config` should be one of {list(NAMED_BIGGANS)}, a dict or a config.json path, "
+            f"but got {type(config).__name__}."
+        )
+    if isinstance(config, str) and config in NAMED_BIGGANS:
+        from pytorch_pretrained_biggan import convert_tf_to_pytorch as configs
+
+        named = {"biggan-deep-128": configs.BigGAN128, "biggan-deep-256": configs.BigGAN256}
+        named["biggan-deep-512"] = configs.BigGAN512
+        return check_biggan_config(named[config].to_dict())
+    path = Path(config)
+    if path.is_dir():
+        path = path / _CONFIG_FILE
+    if not path.is_file():
+        looks_like_path = isinstance(config, os.PathLike) or os.sep in str(config) or path.suffix
+        if not looks_like_path:
+            verify_str_arg(config, "biggan_config", NAMED_BIGGANS)
+        raise FileNotFoundError(f"BigGAN config file not found: {str(path)!r} (given as `biggan_config`).")
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not a BigGAN config.json: {error}") from error
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{str(path)!r} should hold a JSON object of BigGANConfig fields.")
+    return check_biggan_config(loaded)
+
+
+def check_biggan_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a BigGAN-deep config against the constraints of ``pytorch_pretrained_biggan``'s generator.
+
+    The package builds any config without complaint but crashes (or silently misbehaves) at the first forward
+    when: the first block does not take 16 channel multiples (``gen_z`` outputs ``4*4*16*channel_width``); a
+    block more than halves its channels (the skip path keeps the first half); the last block does not end at
+    multiple 1 (``conv_to_rgb`` has ``channel_width`` channels); ``channel_width < 3``; a bottleneck or the
+    attention layer rounds to zero channels.
+
+    Returns:
+        The config as a JSON-ready dict (``layers`` as lists), with the package's defaults filled in.
+
+    Raises:
+        ValueError: the config breaks a constraint; the message names it.
+    """
+    defaults = _ppb().BigGANConfig().to_dict()
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise ValueError(f"Unknown BigGAN config fields {unknown}; valid fields are {sorted(defaults)}.")
+    merged = {**defaults, **dict(config)}
+    for key in ("z_dim", "class_embed_dim", "channel_width", "num_classes", "n_stats"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"BigGAN config field `{key}` should be a positive integer, but got {value!r}.")
+    if merged["class_embed_dim"] != merged["z_dim"]:
+        raise ValueError(
+            "BigGAN config fields `class_embed_dim` and `z_dim` should be equal (the generator embeds classes to "
+            f"z_dim), but got {merged['class_embed_dim']} and {merged['z_dim']}."
+        )
+    if merged["n_stats"] < 2:
+        raise ValueError(f"BigGAN config field `n_stats` should be at least 2, but got {merged['n_stats']}.")
+    width = merged["channel_width"]
+    if width < 3:
+        raise ValueError(f"BigGAN config field `channel_width` should be at least 3 (RGB output), but got {width}.")
+    try:
+        layers = [(bool(up), int(c_in), int(c_out)) for up, c_in, c_out in merged["layers"]]
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"BigGAN config field `layers` should be a list of (upsample, in, out) triples, but got "
+            f"{merged['layers']!r}."
+        ) from error
+    if not layers:
+        raise ValueError("BigGAN config field `layers` should not be empty.")
+    if layers[0][1] != 16:
+        raise ValueError(
+            f"The first BigGAN block should take 16 channel multiples (gen_z outputs 4*4*16*channel_width), but "
+            f"layers[0] is {list(layers[0])}."
+        )
+    previous_out = 16
+    for index, (_, c_in, c_out) in enumerate(layers):
+        if c_in != previous_out:
+            raise ValueError(
+                f"BigGAN block {index} should take the {previous_out} channel multiples the block before it gives, "
+                f"but layers[{index}] is {list(layers[index])}."
+            )
+        if c_out != c_in and 2 * c_out != c_in:
+            raise ValueError(
+                f"BigGAN block {index} should keep or exactly halve its channels (the skip path keeps the first "
+                f"half), but layers[{index}] is {list(layers[index])}."
+            )
+        if width * c_in // 4 < 1:
+            raise ValueError(f"BigGAN block {index} has a bottleneck of 0 channels; raise `channel_width`.")
+        previous_out = c_out
+    if layers[-1][2] != 1:
+        raise ValueError(
+            f"The last BigGAN block should output 1 channel multiple, but layers[-1] is {list(layers[-1])}."
+        )
+    position = merged["attention_layer_position"]
+    if isinstance(position, bool) or not isinstance(position, int):
+        raise ValueError(f"BigGAN config field `attention_layer_position` should be an integer, but got {position!r}.")
+    if 0 <= position < len(layers) and width * layers[position][1] // 8 < 1:
+        raise ValueError(
+            f"The BigGAN attention layer (before block {position}) would have 0 channels; raise `channel_width`."
+        )
+    eps = merged["eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"BigGAN config field `eps` should be a positive number, but got {eps!r}.")
+    merged["layers"] = [list(layer) for layer in layers]
+    return merged
+
+
+def biggan_image_size(config: Mapping[str, Any]) -> int:
+    """Side of the images a BigGAN config draws: 4 doubled once per upsampling block (``output_dim`` is unused)."""
+    return 4 * 2 ** sum(1 for up, _, _ in config["layers"] if up)
+
+
+# ------------------------------------------------------------------------------------------- BigGAN
+def _spectral_norm_hooks(model: nn.Module) -> Iterator[tuple[nn.Module, Any]]:
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, SpectralNorm):
+                yield module, hook
+
+
+@torch.no_grad()
+def prepare_random_biggan(model: nn.Module, power_iterations: int = 1) -> nn.Module:
+    """Make a randomly initialised BigGAN produce finite images (in place); returns ``model``.
+
+    Two things are left undefined by ``pytorch_pretrained_biggan``'s constructor, and each makes an eval-mode
+    forward overflow to NaN: the unconditional BatchNorm's weight and bias are *uninitialised memory*, and the
+    spectral-norm vectors ``u``, ``v`` were never power-iterated, so the estimated singular value is tiny or even
+    negative. This sets the BatchNorm to the identity affine map and runs power iterations, the same two steps
+    the package's TF converter applies to the released weights (with one iteration). Pretrained weights need
+    neither.
+
+    Args:
+        model: a ``pytorch_pretrained_biggan.BigGAN``.
+        power_iterations: spectral-norm power iterations. One makes the output finite; more bring the estimates
+            close to the true singular values, so that the few iterations of a training step (one per train-mode
+            forward) barely move them, as with pretrained weights.
+    """
+    check_positive_int(power_iterations, "power_iterations")
+    module_class = _ppb().model.BigGANBatchNorm
+    for module in model.modules():
+        if isinstance(module, module_class) and not module.conditional:
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+    for module, hook in _spectral_norm_hooks(model):
+        weight = getattr(module, hook.name + "_orig")
+        if hook.dim != 0:
+            weight = weight.transpose(0, hook.dim)
+        matrix = weight.reshape(weight.shape[0], -1)
+        u = getattr(module, hook.name + "_u")
+        for _ in range(power_iterations):
+            v = F.normalize(matrix.t() @ u, dim=0, eps=hook.eps)
+            getattr(module, hook.name + "_v").copy_(v)
+            u.copy_(F.normalize(matrix @ v, dim=0, eps=hook.eps))
+    return model
+
+
+def build_biggan(config: str | Mapping[str, Any], seed: int | None = None) -> nn.Module:
+    """A randomly initialised BigGAN-deep of ``config``, ready to run (``prepare_random_biggan``, 10 iterations).
+
+    Args:
+        config: see ``resolve_biggan_config``.
+        seed: seed of the initialisation; ``None`` draws from the global torch RNG.
+
+    Returns:
+        A ``pytorch_pretrained_biggan.BigGAN`` in training mode, as the package returns it.
+
+    Examples:
+        >>> tiny = {"channel_width": 4, "num_classes": 10, "z_dim": 16, "class_embed_dim": 16,
+        ...         "attention_layer_position": 3, "layers": [[False, 16, 16], [True, 16, 8], [True, 8, 4],
+        ...         [False, 4, 4], [True, 4, 2], [False, 2, 1]]}
+        >>> model = build_biggan(tiny, seed=0).eval()
+        >>> model(torch.zeros(1, 16), torch.eye(10)[:1], 0.5).shape
+        torch.Size([1, 3, 32, 32])
+    """
+    ppb = _ppb()
+    config = resolve_biggan_config(config)
+    # With a seed, the global RNG is left as it was; without one, the draws advance it like any nn.Module init (a
+    # forked and restored RNG would give every unseeded model the same weights).
+    context = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with context:
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = ppb.BigGAN(ppb.BigGANConfig.from_dict(copy.deepcopy(config)))
+        prepare_random_biggan(model, power_iterations=_RANDOM_POWER_ITERATIONS)
+    return model
+
+
+def _load_plain_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt file can fail anywhere in the unpickler; report all alike
+        raise CheckpointError(
+            f"{str(path)!r} is not {what} that loads with torch.load(weights_only=True): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(loaded, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise CheckpointError(
+            f"{str(path)!r} should hold {what} (names to tensors), but holds {type(loaded).__name__}."
+        )
+    state = dict(loaded)
+    # Checkpoints saved from (Distributed)DataParallel prefix every key with "module.".
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _state_dict_problems(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], shown: int = 6
+) -> list[str]:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+
+    def listing(title: str, items: list[str]) -> str:
+        more = f" and {len(items) - shown} more" if len(items) > shown else ""
+        return f"{len(items)} {title}: {items[:shown]}{more}"
+
+    return [
+        listing(title, items)
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if items
+    ]
+
+
+def load_biggan(source: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> nn.Module:
+    """Load a pretrained BigGAN-deep, checking every tensor (the package itself loads with ``strict=False``).
+
+    Args:
+        source: a folder holding ``config.json`` and ``pytorch_model.bin`` (the layout
+            ``BigGAN.from_pretrained`` reads, and ``save_biggan`` writes), or a name from ``NAMED_BIGGANS``,
+            which ``pytorch_pretrained_biggan`` downloads from its S3 bucket (network access needed).
+        cache_dir: the package's download cache (``$PYTORCH_PRETRAINED_BIGGAN_CACHE`` when ``None``).
+
+    Returns:
+        The BigGAN in eval mode; the weights are read with ``torch.load(weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: the folder or one of its two files does not exist.
+        CheckpointError: the weights do not match the config key by key; the message lists the differences.
+        OSError: a named model could not be downloaded.
+    """
+    ppb = _ppb()
+    if isinstance(source, str) and source in NAMED_BIGGANS:
+        from pytorch_pretrained_biggan import model as ppb_model
+
+        try:
+            weights_file = Path(ppb.cached_path(ppb_model.PRETRAINED_MODEL_ARCHIVE_MAP[source], cache_dir=cache_dir))
+            config_file = Path(ppb.cached_path(ppb_model.PRETRAINED_CONFIG_ARCHIVE_MAP[source], cache_dir=cache_dir))
+        except Exception as error:  # requests raises its own ConnectionError family
+            raise OSError(
+                f"Could not download the BigGAN {source!r} ({type(error).__name__}: {error}). Without network access, "
+                f"put config.json and pytorch_model.bin of the model in a folder and pass that folder instead."
+            ) from error
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            looks_like_path = isinstance(source, os.PathLike) or os.sep in str(source) or folder.suffix
+            if not looks_like_path:
+                raise ValueError(
+                    f"Unknown BigGAN {str(source)!r}: it is neither a name in {list(NAMED_BIGGANS)} nor a folder "
+                    f"holding {_CONFIG_FILE} and {_WEIGHTS_FILE}."
+                )
+            raise FileNotFoundError(f"BigGAN folder not found: {str(folder)!r}.")
+        weights_file, config_file = folder / _WEIGHTS_FILE, folder / _CONFIG_FILE
+        for path in (weights_file, config_file):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"The BigGAN folder {str(folder)!r} lacks {path.name}; it should hold {_CONFIG_FILE} and "
+                    f"{_WEIGHTS_FILE} (as written by save_biggan or downloaded from the package's S3 bucket)."
+                )
+    config = resolve_biggan_config(config_file)
+    model = ppb.BigGAN(ppb.BigGANConfig.from_dict(copy.deepcopy(config)))
+    state = _load_plain_state_dict(weights_file, "a BigGAN state dict")
+    problems = _state_dict_problems(state, model.state_dict())
+    if problems:
+        raise CheckpointError(
+            f"The BigGAN weights {str(weights_file)!r} do not match their config {str(config_file)!r}: "
+            + "; ".join(problems)
+            + "."
+        )
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def save_biggan(model: nn.Module, folder: str | os.PathLike[str]) -> Path:
+    """Write a BigGAN as ``config.json`` + ``pytorch_model.bin`` (what ``load_biggan`` and the package read).
+
+    Both files are written atomically; the weights as a plain state dict of tensors.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / _WEIGHTS_FILE) as handle:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, handle)
+    with atomic_write(folder / _CONFIG_FILE, "w") as handle:
+        handle.write(json.dumps(check_biggan_config(model.config.to_dict()), indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, offline (torchvision's ``ResNet50_Weights.IMAGENET1K_V2`` metadata).
+
+    Examples:
+        >>> imagenet_class_names()[207]  # doctest: +SKIP
+        'golden retriever'
+    """
+    from torchvision.models import ResNet50_Weights
+
+    return tuple(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+
+
+# ------------------------------------------------------------------------------------------- backend
+class BigGANBackend(Backend):
+    """The ImageNet CGN: three BigGAN-deep mechanisms and a frozen U2-Net (see the module documentation).
+
+    Args:
+        biggan_config: the BigGAN-deep architecture of all three mechanisms (``resolve_biggan_config``):
+            ``"biggan-deep-256"`` (the authors'), another name, a dict or a ``config.json`` path.
+        u2net_variant: the U2-Net that turns pre-masks into masks: ``"u2net"`` (the authors'), ``"u2netp"`` or
+            ``"tiny"`` (tests).
+        truncation: the truncation of the noise, in (0, 1]; it also selects BigGAN's BatchNorm statistics. The
+            authors train at 1.0 and generate their counterfactual ImageNet at 0.5.
+        class_names: one name per class; the ImageNet names for 1000 classes, ``"0"``, ``"1"``, ... otherwise.
+        autocast: ``"bf16"`` or ``"fp16"`` runs generation on a GPU under ``torch.autocast`` in that dtype;
+            ``None`` runs in float32. On the CPU generation always runs in float32. Outputs are float32.
+        max_batch: generate at most this many images per forward (bounds GPU memory); ``None``: all at once.
+
+    The mechanisms are randomly initialised (``build_biggan``): load weights with ``from_pretrained``,
+    ``from_biggan`` or ``import_weights``.
+
+    Examples:
+        >>> tiny = {"channel_width": 4, "num_classes": 10, "z_dim": 16, "class_embed_dim": 16,
+        ...         "attention_layer_position": 3, "layers": [[False, 16, 16], [True, 16, 8], [True, 8, 4],
+        ...         [False, 4, 4], [True, 4, 2], [False, 2, 1]]}
+        >>> backend = BigGANBackend(tiny, u2net_variant="tiny").eval()
+        >>> parts = backend.sample([1, 2], [3, 4], [5, 6], seeds=torch.tensor([0, 1]))
+        >>> parts.image.shape, parts.mask.shape
+        (torch.Size([2, 3, 32, 32]), torch.Size([2, 1, 32, 32]))
+    """
+
+    name = "biggan"
+    # The authors' ImageNet CGN is released on Google Drive, which gives no stable download URL; convert it with
+    # BigGANBackend.import_weights (cfaug import-weights --backend biggan cgn.pth) and load the result by path.
+    named_weights: ClassVar[dict[str, Weights]] = {}
+    default_weights: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        biggan_config: str | Mapping[str, Any] = "biggan-deep-256",
+        u2net_variant: str = "u2net",
+        truncation: float = 0.5,
+        class_names: Sequence[str] | None = None,
+        *,
+        autocast: str | None = None,
+        max_batch: int | None = None,
+    ):
+        config = resolve_biggan_config(biggan_config)
+        verify_str_arg(u2net_variant, "u2net_variant", U2NET_VARIANTS)
+        num_classes = config["num_classes"]
+        custom_class_names = class_names is not None
+        if class_names is None and num_classes == 1000:
+            class_names = imagenet_class_names()
+        super().__init__(num_classes, biggan_image_size(config), channels=3, class_names=class_names)
+        # Only names that differ from the defaults travel in the checkpoint's architecture.
+        self._custom_class_names = custom_class_names
+        self.biggan_config = config
+        self.u2net_variant = u2net_variant
+        self.latent_dim = int(config["z_dim"])
+        self.truncation = truncation
+        self.autocast = autocast
+        self.max_batch = max_batch
+        #: where imported weights came from (source file, sha256); saved by ``save``.
+        self.provenance: dict[str, Any] | None = None
+        self.f_shape = build_biggan(config)
+        self.f_text = build_biggan(config)
+        self.f_bg = build_biggan(config)
+        # Frozen: pinned to eval mode (its BatchNorm keeps its statistics) and without parameter gradients.
+        self.u2net = _u2net_module().U2Net(u2net_variant).freeze()
+
+    # ---------------------------------------------------------------------------------- configuration
+    @property
+    def truncation(self) -> float:
+        """Truncation of the noise in (0, 1]; also selects BigGAN's BatchNorm statistics."""
+        return self._truncation
+
+    @truncation.setter
+    def truncation(self, value: float) -> None:
+        self._truncation = _check_truncation(value)
+
+    @property
+    def autocast(self) -> str | None:
+        """``"bf16"``, ``"fp16"`` or ``None``: the dtype of GPU generation (the CPU always runs float32)."""
+        return self._autocast
+
+    @autocast.setter
+    def autocast(self, value: str | None) -> None:
+        self._autocast = None if value is None else verify_str_arg(value, "autocast", AUTOCAST_DTYPES)
+
+    @property
+    def max_batch(self) -> int | None:
+        """Images per forward during generation; ``None`` for the whole batch at once."""
+        return self._max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int | None) -> None:
+        self._max_batch = None if value is None else check_positive_int(value, "max_batch")
+
+    def train(self, mode: bool = True) -> BigGANBackend:
+        """Set train or eval mode of the mechanisms; the frozen U2-Net always stays in eval mode.
+
+        Train mode differs from eval mode only in spectral normalisation, which then runs a power iteration per
+        forward (BigGAN's BatchNorm always uses its stored statistics).
+        """
+        super().train(mode)
+        self.u2net.eval()
+        return self
+
+    def mechanism_modules(self) -> dict[str, nn.Module]:
+        """The trainable mechanisms by name: ``{"shape": f_shape, "texture": f_text, "background": f_bg}``."""
+        return {"shape": self.f_shape, "texture": self.f_text, "background": self.f_bg}
+
+    # -------------------------------------------------------------------------------------- forward
+    def one_hot(self, classes: torch.Tensor) -> torch.Tensor:
+        """Class indices ``(B,)`` as the one-hot vectors BigGAN embeds, on the backend's device and dtype."""
+        weight = self.f_shape.embeddings.weight
+        return F.one_hot(classes.to(weight.device), self.num_classes).to(weight.dtype)
+
+    def premask_to_mask(self, premask: torch.Tensor) -> torch.Tensor:
+        """The mask of a pre-mask: ``clamp(U2Net(premask), MASK_CLAMP, 1 - MASK_CLAMP)``; differentiable."""
+        return self.u2net(premask).clamp(MASK_CLAMP, 1 - MASK_CLAMP)
+
+    def forward(
+        self,
+        noise: torch.Tensor,
+        shape: torch.Tensor,
+        texture: torch.Tensor,
+        background: torch.Tensor,
+        truncation: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The mechanisms with autograd, as training uses them (images in BigGAN's [-1, 1]).
+
+        Args:
+            noise: ``u``, ``(B, latent_dim)``, shared by the three mechanisms.
+            shape: shape classes, ``(B,)``.
+            texture: texture classes, ``(B,)``.
+            background: background classes, ``(B,)``.
+            truncation: selects BigGAN's BatchNorm statistics; the backend's ``truncation`` when ``None``. It does
+                not scale ``noise``.
+
+        Returns:
+            ``(premask, mask, foreground, background)``: the shape mechanism's raw image and its mask in [0, 1],
+            ``(B, 1, H, W)``, and the texture and background images in [-1, 1].
+        """
+        truncation = self.truncation if truncation is None else _check_truncation(truncation)
+        premask = self.f_shape(noise, self.one_hot(shape), truncation)
+        foreground = self.f_text(noise, self.one_hot(texture), truncation)
+        background_image = self.f_bg(noise, self.one_hot(background), truncation)
+        return premask, self.premask_to_mask(premask), foreground, background_image
+
+    def autocast_context(self) -> contextlib.AbstractContextManager[Any]:
+        """``torch.autocast`` in the ``autocast`` dtype on a GPU; a no-op on the CPU or when ``autocast`` is None."""
+        device = self.device
+        if self.autocast is None or device.type == "cpu":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[self.autocast])
+
+    def _generate(self, mechanism: str, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        network = self.mechanism_modules()[mechanism]
+        noise = truncated_noise(seeds, self.latent_dim, self.truncation)
+        step = self.max_batch or max(len(classes), 1)
+        outputs = []
+        with self.autocast_context():
+            for start in range(0, len(classes), step):
+                chunk = slice(start, start + step)
+                image = network(noise[chunk].to(self.device), self.one_hot(classes[chunk]), self.truncation)
+                if mechanism == "shape":
+                    outputs.append(self.premask_to_mask(image).float())
+                else:
+                    outputs.append(((image.float() + 1) / 2).clamp(0, 1))
+        if not outputs:
+            channels = 1 if mechanism == "shape" else self.channels
+            return torch.empty(0, channels, self.image_size, self.image_size, device=self.device)
+        return torch.cat(outputs)
+
+    def shape_mechanism(self, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Masks in [1e-4, 1 - 1e-4], ``(B, 1, H, W)``: the U2-Net's saliency of ``f_shape``'s pre-mask."""
+        return self._generate("shape", classes, seeds)
+
+    def texture_mechanism(self, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Foregrounds in [0, 1], ``(B, 3, H, W)``, from ``f_text``."""
+        return self._generate("texture", classes, seeds)
+
+    def background_mechanism(self, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        """Backgrounds in [0, 1], ``(B, 3, H, W)``, from ``f_bg``."""
+        return self._generate("background", classes, seeds)
+
+    # ---------------------------------------------------------------------------------- persistence
+    def arch_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture (speed knobs excluded)."""
+        arch: dict[str, Any] = {
+            "biggan_config": copy.deepcopy(self.biggan_config),
+            "u2net_variant": self.u2net_variant,
+            "truncation": self.truncation,
+        }
+        if self._custom_class_names:
+            arch["class_names"] = list(self.class_names)
+        return arch
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Metadata for ``save``, with the provenance of imported weights when there is one."""
+        meta = super().checkpoint_meta()
+        if self.provenance is not None:
+            meta["provenance"] = self.provenance
+        return meta
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, **overrides: Any) -> BigGANBackend:
+        """Build the architecture described by ``checkpoint``, load its tensors and restore its provenance."""
+        model = super().from_checkpoint(checkpoint, **overrides)
+        model.provenance = checkpoint.meta.get("provenance")
+        return model
+
+    @classmethod
+    def from_biggan(
+        cls,
+        biggan: str | os.PathLike[str] | nn.Module = "biggan-deep-256",
+        u2net_variant: str = "u2net",
+        u2net_weights: str | os.PathLike[str] | None = None,
+        device: torch.device | str | None = None,
+        **kwargs: Any,
+    ) -> BigGANBackend:
+        """The untrained CGN: all three mechanisms start as copies of one pretrained BigGAN (training's start).
+
+        Args:
+            biggan: a BigGAN folder or name (``load_biggan``), or a loaded ``pytorch_pretrained_biggan.BigGAN``.
+            u2net_variant: the U2-Net variant.
+            u2net_weights: the U2-Net weights, passed to ``cfaug.models.u2net.build_u2net``.
+            device: where to put the model; CPU when ``None``.
+            **kwargs: further constructor arguments (``truncation``, ``autocast``, ...).
+
+        Returns:
+            The backend in eval mode without gradients.
+        """
+        model = biggan if isinstance(biggan, nn.Module) else load_biggan(biggan)
+        config = check_biggan_config(model.config.to_dict())
+        backend = cls(config, u2net_variant=u2net_variant, **kwargs)
+        state = model.state_dict()
+        for network in backend.mechanism_modules().values():
+            network.load_state_dict(state, strict=True)
+        # build_u2net returns the network frozen and records where its weights came from.
+        backend.u2net = _u2net_module().build_u2net(variant=u2net_variant, weights=u2net_weights, device="cpu")
+        backend.weights_name = f"untrained:{biggan if not isinstance(biggan, nn.Module) else 'module'}"
+        return backend.to(device or "cpu").eval().requires_grad_(False)
+
+    @classmethod
+    def import_weights(
+        cls, source: str | os.PathLike[str], config: str | os.PathLike[str] | None = None
+    ) -> BigGANBackend:
+        """Convert the CGN authors' released ImageNet CGN (``cgn.pth``, a plain state dict) into this backend.
+
+        The authors' model holds ``f_shape``, ``f_text`` and ``f_bg`` (three BigGAN-deep-256 copies),
+        ``biggan_GT`` (the frozen pretrained BigGAN, used only in training; dropped here) and ``u2net`` (the full
+        U2-Net). The file is read with ``torch.load(weights_only=True)``; ``module.`` prefixes are stripped. Every
+        tensor is checked against the architecture, key by key and shape by shape, before anything is loaded. The
+        U2-Net variant is recognised from the tensors.
+
+        Args:
+            source: the ``.pth`` file.
+            config: the BigGAN ``config.json`` of the mechanisms (a file or a folder holding one);
+                ``biggan-deep-256`` when ``None``.
+
+        Returns:
+            The backend in eval mode without gradients, ``provenance`` recording the source and its sha256.
+
+        Raises:
+            FileNotFoundError: ``source`` or ``config`` does not exist.
+            CheckpointError: the file is not a state dict of tensors, or it does not match the architecture; the
+                message lists missing and unexpected keys and shape mismatches per module.
+        """
+        source = Path(source)
+        if not source.is_file():
+            raise FileNotFoundError(f"`source` should be the authors' cgn.pth, but {str(source)!r} does not exist.")
+        biggan_config = resolve_biggan_config("biggan-deep-256" if config is None else config)
+        state = _load_plain_state_dict(source, "the authors' ImageNet CGN state dict")
+        groups: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in state.items():
+            prefix, _, rest = key.partition(".")
+            groups.setdefault(prefix, {})[rest] = tensor
+        known = (*_MECHANISM_MODULES, _AUTHORS_GT_MODULE, "u2net")
+        problems = [f"unexpected modules {sorted(set(groups) - set(known))}"] if set(groups) - set(known) else []
+        problems += [f"missing module {name!r}" for name in (*_MECHANISM_MODULES, "u2net") if name not in groups]
+        if problems:
+            raise CheckpointError(
+                f"{str(source)!r} is not the authors' ImageNet CGN: {'; '.join(problems)}. Expected the modules "
+                f"{list(known)} (biggan_GT optional)."
+            )
+        variant, u2net_problems = _recognise_u2net(groups["u2net"])
+        reference = _shapes_only(lambda: _ppb().BigGAN(_ppb().BigGANConfig.from_dict(copy.deepcopy(biggan_config))))
+        report = []
+        for name in (*_MECHANISM_MODULES, _AUTHORS_GT_MODULE):
+            if name in groups:
+                report += [f"{name}: {p}" for p in _state_dict_problems(groups[name], reference)]
+        report += [f"u2net: {p}" for p in u2net_problems]
+        if report:
+            raise CheckpointError(
+                f"{str(source)!r} does not match the ImageNet CGN architecture (BigGAN config "
+                f"{'biggan-deep-256' if config is None else str(config)!r}; U2-Net variants {list(U2NET_VARIANTS)}): "
+                + "; ".join(report)
+                + ". Pass the BigGAN config.json the model was trained with as `config`."
+            )
+        model = cls(biggan_config, u2net_variant=variant)
+        for name in _MECHANISM_MODULES:
+            getattr(model, name).load_state_dict(groups[name], strict=True)
+        model.u2net.load_state_dict(groups["u2net"], strict=True)
+        digest = sha256_file(source)
+        model.weights_name = f"imported:{source.name}"
+        model.weights_sha256 = digest
+        model.provenance = {
+            "format": "CGN authors' ImageNet CGN state dict (autonomousvision/counterfactual_generative_networks)",
+            "source": source.name,
+            "sha256": digest,
+            "u2net_variant": variant,
+            "dropped": [_AUTHORS_GT_MODULE] if _AUTHORS_GT_MODULE in groups else [],
+        }
+        return model.eval().requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        """Architecture summary shown by ``print(backend)``."""
+        return (
+            f"{super().extra_repr()}, latent_dim={self.latent_dim}, u2net={self.u2net_variant!r}, "
+            f"truncation={self.truncation}, autocast={self.autocast!r}"
+        )
+
+
+def _recognise_u2net(state: Mapping[str, torch.Tensor]) -> tuple[str | None, list[str]]:
+    """The U2-Net variant whose tensors match ``state`` exactly, or ``None`` and the closest variant's problems."""
+    u2net = _u2net_module()
+    candidates = []
+    for variant in U2NET_VARIANTS:
+        problems = _state_dict_problems(state, _shapes_only(lambda v=variant: u2net.U2Net(v)))
+        if not problems:
+            return variant, []
+        # Each problem line starts with its count; the variant with the fewest differences is the likeliest intent.
+        candidates.append((sum(int(p.split(" ", 1)[0]) for p in problems), variant, problems))
+    _, variant, problems = min(candidates)
+    return None, [f"closest variant {variant!r} has {p}" for p in problems]
+
+
+def _shapes_only(build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
+    """The state dict of the module ``build`` makes, on the meta device: names and shapes without memory or init."""
+    with torch.device("meta"):
+        return build().state_dict()

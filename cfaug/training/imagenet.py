@@ -1,0 +1,956 @@
+"""Config-driven training of the ImageNet CGN: ``train_cgn_imagenet`` and ``cfaug train imagenet``.
+
+One optimiser step follows the authors' ``imagenet/train_cgn.py`` (cgn-reference sections 3.4-3.6): for each of
+``accumulation`` passes, draw a class ``y`` and a noise ``u`` per sample (shared by every network), compute the
+pseudo ground truth ``x_gt`` with the frozen BigGAN, the pre-mask, mask, foreground and background with the three
+mechanisms and the frozen U2-Net, the composite ``x_gen``, the six losses (``imagenet_losses``) and their
+gradients; gradients are **summed** over the passes, then one Adam per mechanism steps at its own learning rate.
+
+There is no data: every sample is synthetic. Sample ``i`` of the run (counting over steps, passes and the batch)
+draws its class, noise and texture patches from its own seed ``mix(mix(seed, stream), i)``, so a run depends
+only on its config: not on the number of processes, and a resumed run repeats what the uninterrupted run does.
+
+**Distributed.** Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised from the environment
+(``env://``; NCCL on GPUs, Gloo on the CPU) and the backend is wrapped in ``DistributedDataParallel``. The global
+``batch_size`` of a pass is split evenly across the ranks, each rank taking its slice of the sample indices, and
+DDP's gradient average makes the step the same as on one process (up to float summation order). Only rank 0
+writes files.
+
+**Run folder.**
+
+.. code-block:: text
+
+    run_dir/
+      config.json                     the config, what it resolved to, and the environment
+      stats.jsonl                     one JSON object per log interval: the six losses, mask statistics, img/s
+      samples/step-XXXXXX.png         fixed-noise sheets: a row per sample class; mask, pre-mask, foreground,
+                                      background, composite, pseudo ground truth, a counterfactual
+      checkpoints/latest.safetensors  mechanisms, ground-truth BigGAN, U2-Net, the three Adam states, step
+      final.safetensors               the trained CGN as a ``biggan`` backend checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cfaug._utils import atomic_write, check_positive_int, verify_str_arg
+from cfaug.backends.biggan import (
+    AUTOCAST_DTYPES,
+    U2NET_VARIANTS,
+    BigGANBackend,
+    build_biggan,
+    check_biggan_config,
+    load_biggan,
+    truncated_noise,
+)
+from cfaug.checkpoint import load_checkpoint, save_checkpoint
+from cfaug.functional import composite
+from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
+from cfaug.training.config import json_ready
+from cfaug.training.features import VGG16_LAYER_INDICES, build_feature_network
+from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
+from cfaug.training.mnist import _deferred_interrupt, _flatten_optimizer, _truncate_stats, _unflatten_optimizer
+from cfaug.version import __version__
+
+__all__ = [
+    "AUTHORS_SAMPLE_CLASSES",
+    "CHECKPOINT_KIND",
+    "IMAGENET_PRESETS",
+    "IMAGENET_RESUMABLE_FIELDS",
+    "ImageNetTrainConfig",
+    "ImageNetTrainer",
+    "add_train_imagenet_arguments",
+    "config_from_args",
+    "get_imagenet_preset",
+    "run_train_imagenet",
+    "train_cgn_imagenet",
+]
+
+#: ``kind`` in the metadata of a training-state checkpoint (not loadable as a backend; see final.safetensors).
+CHECKPOINT_KIND = "cfaug.training.imagenet.state"
+#: The classes of the authors' sample sheets.
+AUTHORS_SAMPLE_CLASSES: tuple[int, ...] = (15, 251, 330, 382, 385, 483, 559, 751, 938, 947, 999)
+#: The mechanisms, in the order of the optimisers and their learning rates.
+_MECHANISMS = ("shape", "texture", "background")
+
+# Streams of the run seed and of the per-sample seeds; each kind of randomness has its own. Renumbering one
+# changes every run.
+_SAMPLE_STREAM = 11  # run seed -> per-sample seeds of the training samples
+_SHEET_STREAM = 12  # run seed -> per-sample seeds of the fixed sample-sheet noise
+_INIT_STREAM = 13  # run seed -> the global RNG while networks are built
+_CLASS_STREAM = 5  # per-sample seed -> the sample's class
+_NOISE_STREAM = 0  # per-sample seed -> the sample's noise u (the backend's own noise stream)
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class ImageNetTrainConfig:
+    """Everything that defines an ImageNet CGN training run (see the field comments).
+
+    Start from a preset (``get_imagenet_preset("authors", ...)``) and change fields with ``dataclasses.replace``.
+
+    Raises:
+        TypeError, ValueError: a field has the wrong type or value (checked at construction).
+    """
+
+    # ---- networks
+    biggan: str = "biggan-deep-256"  # pretrained BigGAN: a folder (config.json + pytorch_model.bin) or a name
+    u2net: str = "u2net"  # U2-Net variant: u2net (the authors') | u2netp | tiny
+    u2net_weights: str | None = "u2net"  # build_u2net weights: official name, file path, or None (random: tests)
+    feature_net: str = "imagenet"  # VGG16 of the style losses: imagenet (error when absent) | random | path | auto
+    # ---- schedule
+    seed: int = 0  # seed of every per-sample draw (classes, noise, texture patches)
+    steps: int = 300  # optimiser steps (the authors' episodes)
+    batch_size: int = 1  # samples per forward pass, over all processes (divisible by the world size)
+    accumulation: int = 4000  # forward/backward passes per optimiser step; gradients are summed over them
+    truncation: float = 1.0  # truncation of the training noise (also selects BigGAN's BatchNorm statistics)
+    # ---- losses (the authors' imagenet/config.py)
+    lambda_l1: float = 100.0  # weight of mean|x_gen - x_gt|
+    perceptual_weights: tuple[float, ...] = (4.0, 4.0, 4.0, 4.0)  # reconstruction style w per relu1_2..relu4_3
+    lambda_binary: float = 300.0  # weight of the mask's binary entropy
+    lambda_mask: float = 500.0  # weight of the mask-area interval loss
+    mask_interval: tuple[float, float] = (0.1, 0.9)  # the mask area interval (tau, tau')
+    texture_weights: tuple[float, ...] = (0.0, 5.0, 5.0, 0.0)  # texture style w per relu1_2..relu4_3
+    lambda_background: float = 2000.0  # weight of the background's mean U2-Net saliency
+    patch_size: int = 15  # texture patch grid: window side at patch_work_size
+    patch_pool: int = 100  # ... windows with the highest mask mean to draw from
+    patch_grid: int = 6  # ... grid x grid windows per mosaic
+    patch_work_size: int = 128  # ... side image and mask are resized to before cutting windows
+    # ---- optimisers (one Adam per mechanism)
+    lr_shape: float = 8e-6  # learning rate of f_shape
+    lr_texture: float = 3e-5  # learning rate of f_text (the paper says 1e-5)
+    lr_background: float = 1e-5  # learning rate of f_bg
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas of all three
+    # ---- monitoring and output
+    log_every: int = 1  # optimiser steps between stats.jsonl lines
+    sample_every: int = 1  # optimiser steps between sample sheets
+    checkpoint_every: int = 1  # optimiser steps between checkpoints/latest.safetensors writes
+    sample_classes: tuple[int, ...] | None = AUTHORS_SAMPLE_CLASSES  # rows of the sheets; None: first 11 classes
+    export_truncation: float = 0.5  # truncation stored in final.safetensors (the authors generate at 0.5)
+    # ---- execution (may change when a run is resumed)
+    device: str = "cpu"  # torch device, e.g. "cuda" (each torchrun rank takes cuda:LOCAL_RANK)
+    amp: str | None = None  # "bf16": autocast the forward passes on a GPU (the CPU stays float32); None: float32
+    num_threads: int | None = None  # torch.set_num_threads for the run; None: leave as is
+    progress: bool = True  # show a tqdm progress bar (rank 0)
+    # ---- bookkeeping
+    notes: dict[str, str] = field(default_factory=dict, compare=False)  # why values were chosen (not used)
+
+    def __post_init__(self) -> None:
+        verify_str_arg(self.u2net, "u2net", U2NET_VARIANTS)
+        if self.amp is not None:
+            # fp16 training would need loss scaling against underflowing gradients; bf16 has float32's range.
+            verify_str_arg(self.amp, "amp", ("bf16",))
+        for name in ("biggan", "feature_net", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"`{name}` should be a str, but got {type(getattr(self, name)).__name__}.")
+        if self.u2net_weights is not None and not isinstance(self.u2net_weights, str):
+            raise TypeError(f"`u2net_weights` should be a str or None, but got {type(self.u2net_weights).__name__}.")
+        for name in (
+            "steps",
+            "batch_size",
+            "accumulation",
+            "patch_size",
+            "patch_pool",
+            "patch_grid",
+            "patch_work_size",
+            "log_every",
+            "sample_every",
+            "checkpoint_every",
+        ):
+            check_positive_int(getattr(self, name), name)
+        check_positive_int(self.seed, "seed", allow_zero=True)
+        if self.num_threads is not None:
+            check_positive_int(self.num_threads, "num_threads")
+        for name in ("truncation", "export_truncation"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"`{name}` should be a number in (0, 1], but got {value!r}.")
+        for name in ("lambda_l1", "lambda_binary", "lambda_mask", "lambda_background"):
+            _check_number(getattr(self, name), name)
+        for name in ("lr_shape", "lr_texture", "lr_background"):
+            _check_number(getattr(self, name), name, positive=True)
+        for name in ("perceptual_weights", "texture_weights"):
+            weights = tuple(getattr(self, name))
+            if len(weights) != 4 or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+            ):
+                raise ValueError(
+                    f"`{name}` should be 4 non-negative numbers (relu1_2, relu2_2, relu3_3, relu4_3), but got "
+                    f"{getattr(self, name)!r}."
+                )
+            object.__setattr__(self, name, tuple(float(w) for w in weights))
+        interval = tuple(self.mask_interval)
+        if (
+            len(interval) != 2
+            or not all(isinstance(v, (int, float)) for v in interval)
+            or not (0 <= interval[0] <= interval[1] <= 1)
+        ):
+            raise ValueError(
+                f"`mask_interval` should be (low, high) with 0 <= low <= high <= 1, but got {self.mask_interval!r}."
+            )
+        object.__setattr__(self, "mask_interval", (float(interval[0]), float(interval[1])))
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"`betas` should be two numbers in [0, 1), but got {self.betas!r}.")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+        if self.patch_size > self.patch_work_size:
+            raise ValueError(
+                f"`patch_size` ({self.patch_size}) should be at most `patch_work_size` ({self.patch_work_size})."
+            )
+        if self.sample_classes is not None:
+            classes = tuple(self.sample_classes)
+            if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+                raise ValueError(
+                    f"`sample_classes` should be a non-empty sequence of class indices or None, but got "
+                    f"{self.sample_classes!r}."
+                )
+            object.__setattr__(self, "sample_classes", classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-serialisable data (tuples become lists)."""
+        return json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageNetTrainConfig:
+        """Rebuild a config written by ``to_dict`` (e.g. a run's ``config.json``).
+
+        Raises:
+            ValueError: ``data`` has keys that are not fields of this config.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown ImageNetTrainConfig fields {unknown}; valid fields are {sorted(names)}.")
+        values = dict(data)
+        for key in ("perceptual_weights", "texture_weights", "mask_interval", "betas", "sample_classes"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+#: Fields that may differ between an interrupted run and its resumption: they change how long it runs, how it is
+#: observed or where it runs, not what it computes. The pretrained networks are read only when a run starts (a
+#: resumed run takes them from its checkpoint), so their location may change too.
+IMAGENET_RESUMABLE_FIELDS: frozenset[str] = frozenset(
+    {
+        "steps",
+        "log_every",
+        "sample_every",
+        "checkpoint_every",
+        "sample_classes",
+        "export_truncation",
+        "device",
+        "amp",
+        "num_threads",
+        "progress",
+        "notes",
+        "biggan",
+        "u2net_weights",
+    }
+)
+
+
+def _check_number(value: Any, name: str, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+        raise TypeError(f"`{name}` should be a finite number, but got {type(value).__name__} {value!r}.")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"`{name}` should be a number {'> 0' if positive else '>= 0'}, but got {value!r}.")
+
+
+#: ``authors``: the values of the authors' code (imagenet/config.py for losses and learning rates, the CLI defaults
+#: of train_cgn.py for the schedule: 300 steps of 4000 summed single-sample passes). ``paper``: the same with the
+#: paper's values where they differ (cgn-reference 3.4, 3.6): perceptual weight 5 per layer, texture lr 1e-5.
+IMAGENET_PRESETS: dict[str, ImageNetTrainConfig] = {
+    "authors": ImageNetTrainConfig(
+        notes={"recipe": "authors' code: imagenet/config.py losses and lrs, train_cgn.py CLI schedule"}
+    ),
+    "paper": ImageNetTrainConfig(
+        perceptual_weights=(5.0, 5.0, 5.0, 5.0),
+        lr_texture=1e-5,
+        notes={
+            "recipe": "authors' code with the paper's values where they differ",
+            "perceptual_weights": "paper: lambda_2 = 5 (code: 4 per layer)",
+            "lr_texture": "paper: 1e-5 (code: 3e-5)",
+        },
+    ),
+}
+
+
+def get_imagenet_preset(name: str = "authors", **changes: Any) -> ImageNetTrainConfig:
+    """A preset from ``IMAGENET_PRESETS`` with ``changes`` applied (validated).
+
+    Examples:
+        >>> get_imagenet_preset("paper", steps=10).lr_texture
+        1e-05
+    """
+    verify_str_arg(name, "preset", IMAGENET_PRESETS)
+    return dataclasses.replace(IMAGENET_PRESETS[name], **changes)
+
+
+# ------------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class _World:
+    rank: int
+    size: int
+    owns_group: bool  # this run initialised the process group and destroys it at the end
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _join_world(device: torch.device) -> _World:
+    """Join the torchrun process group (env://) when ``WORLD_SIZE > 1``; a group set up by the caller is reused."""
+    if dist.is_available() and dist.is_initialized():
+        return _World(dist.get_rank(), dist.get_world_size(), owns_group=False)
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return _World(0, 1, owns_group=False)
+    if not dist.is_available():
+        raise RuntimeError(f"WORLD_SIZE is {size}, but this PyTorch build has no torch.distributed.")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
+    return _World(dist.get_rank(), dist.get_world_size(), owns_group=True)
+
+
+def _resolve_device(config: ImageNetTrainConfig) -> torch.device:
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _prefixed(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    marker = prefix + "."
+    return {k[len(marker) :]: v for k, v in tensors.items() if k.startswith(marker)}
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """BigGAN's [-1, 1] images to [0, 1] (a fixed map, not the authors' per-image min-max normalisation)."""
+    return ((images.float() + 1) / 2).clamp(0, 1)
+
+
+def _check_resumable(saved: ImageNetTrainConfig, wanted: ImageNetTrainConfig) -> None:
+    differing = [
+        f.name
+        for f in dataclasses.fields(ImageNetTrainConfig)
+        if f.name not in IMAGENET_RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(wanted, f.name)
+    ]
+    if differing:
+        details = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(wanted, n)!r}" for n in differing)
+        raise ValueError(
+            f"The run folder holds a run with another recipe ({details}). Only {sorted(IMAGENET_RESUMABLE_FIELDS)} "
+            "may change when resuming; use a new run folder for a new recipe."
+        )
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+class ImageNetTrainer:
+    """One ImageNet CGN training run: networks, optimisers, counters; ``run()`` trains to ``config.steps``.
+
+    Most users call ``train_cgn_imagenet``; the trainer is public so that tools (and the tests) can inspect
+    ``backend`` and ``ground_truth`` or drive ``train_step`` themselves.
+
+    Args:
+        config: the recipe.
+        run_dir: the run folder; when it holds ``checkpoints/latest.safetensors`` the run continues from it.
+        resume: continue from the run folder's checkpoint; with ``False`` an existing checkpoint is an error.
+
+    Attributes:
+        backend: the CGN being trained (``BigGANBackend``), in training mode.
+        ground_truth: the frozen BigGAN that draws the pseudo ground truth.
+        step: optimiser steps done.
+    """
+
+    def __init__(self, config: ImageNetTrainConfig, run_dir: str | os.PathLike[str], *, resume: bool = True):
+        if not isinstance(config, ImageNetTrainConfig):
+            raise TypeError(f"`config` should be an ImageNetTrainConfig, but got {type(config).__name__}.")
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.checkpoint_path = self.run_dir / "checkpoints" / "latest.safetensors"
+        self.final_path = self.run_dir / "final.safetensors"
+        self.stats_path = self.run_dir / "stats.jsonl"
+        self.device = _resolve_device(config)
+        self.world = _join_world(self.device)
+        try:
+            self._setup(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        config = self.config
+        if config.batch_size % self.world.size:
+            raise ValueError(
+                f"`batch_size` ({config.batch_size}) should be divisible by the number of processes "
+                f"({self.world.size}): each takes an equal share of every pass."
+            )
+        if self.checkpoint_path.exists() and not resume:
+            raise ValueError(
+                f"{str(self.run_dir)!r} already holds a run (checkpoints/latest.safetensors); pass resume=True to "
+                "continue it or choose a new run folder."
+            )
+        self.local_batch = config.batch_size // self.world.size
+        self._resume_state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+        # Whatever is initialised at random (a U2-Net without weights, in tests) follows from the run seed alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(config.seed, _INIT_STREAM))
+            self._build_networks()
+        self.model: nn.Module = self.backend
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP broadcasts rank 0's parameters and buffers now and its buffers (spectral-norm vectors) before each
+            # forward, and averages the gradients: every rank holds the same networks at every step.
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.backend, device_ids=device_ids)
+        self.optimizers = {
+            name: torch.optim.Adam(module.parameters(), lr=lr, betas=config.betas)
+            for (name, module), lr in zip(
+                self.backend.mechanism_modules().items(),
+                (config.lr_shape, config.lr_texture, config.lr_background),
+                strict=True,
+            )
+        }
+        self.step = 0
+        self.train_seconds = 0.0
+        self._interval: dict[str, float] = {}
+        self._interval_passes = 0
+        self._interval_seconds = 0.0
+        self.last_record: dict[str, Any] = {}
+        if self._resume_state is not None:
+            self._load_state(self._resume_state)
+        self._resume_state = None
+        self.sample_classes = self._sample_classes()
+
+    # ---------------------------------------------------------------------------------------- building
+    def _build_networks(self) -> None:
+        config = self.config
+        state = self._resume_state
+        if state is not None:
+            meta = state.meta
+            if meta.get("kind") != CHECKPOINT_KIND:
+                raise ValueError(
+                    f"{str(self.checkpoint_path)!r} is not a training state written by train_cgn_imagenet "
+                    f"(kind {meta.get('kind')!r}, expected {CHECKPOINT_KIND!r})."
+                )
+            _check_resumable(ImageNetTrainConfig.from_dict(meta["config"]), config)
+            # A resumed run takes every network from its checkpoint: the pretrained files need not be at hand.
+            biggan_config = check_biggan_config(meta["biggan_config"])
+            self.ground_truth = build_biggan(biggan_config, seed=0)
+            backend = BigGANBackend(biggan_config, u2net_variant=config.u2net, truncation=config.truncation)
+            self.biggan_source = meta["biggan_source"]
+            self.u2net_source = meta["u2net_source"]
+        else:
+            self.ground_truth = load_biggan(config.biggan)
+            backend = BigGANBackend.from_biggan(
+                self.ground_truth,
+                u2net_variant=config.u2net,
+                u2net_weights=config.u2net_weights,
+                truncation=config.truncation,
+            )
+            self.biggan_source = config.biggan
+            self.u2net_source = config.u2net_weights
+        self.ground_truth = self.ground_truth.to(self.device).eval().requires_grad_(False)
+        self.backend: BigGANBackend = backend.to(self.device).train()
+        for module in self.backend.mechanism_modules().values():
+            module.requires_grad_(True)
+        needed = sorted(
+            {
+                index
+                for weights in (config.perceptual_weights, config.texture_weights)
+                for index, w in zip(VGG16_LAYER_INDICES, weights, strict=True)
+                if w > 0
+            }
+        )
+        features = build_feature_network(needed or [VGG16_LAYER_INDICES[0]], config.feature_net)
+        self.loss = ImageNetCGNLoss(
+            features,
+            lambda_l1=config.lambda_l1,
+            perceptual_weights=config.perceptual_weights,
+            lambda_binary=config.lambda_binary,
+            lambda_mask=config.lambda_mask,
+            mask_interval=config.mask_interval,
+            texture_weights=config.texture_weights,
+            lambda_background=config.lambda_background,
+        ).to(self.device)
+        self.feature_description = features.description
+
+    def _sample_classes(self) -> list[int]:
+        classes = self.config.sample_classes
+        num_classes = self.backend.num_classes
+        if classes is None:
+            return list(range(min(num_classes, len(AUTHORS_SAMPLE_CLASSES))))
+        too_large = [c for c in classes if c >= num_classes]
+        if too_large:
+            raise ValueError(
+                f"`sample_classes` should be class indices below {num_classes} (the BigGAN's classes), but got "
+                f"{too_large}; set sample_classes=None for the first classes."
+            )
+        return list(classes)
+
+    # ------------------------------------------------------------------------------------ bookkeeping
+    def resolved(self) -> dict[str, Any]:
+        """What the config resolved to on this machine; part of config.json and every checkpoint."""
+        return {
+            "feature_net": self.feature_description,
+            "biggan_config": self.backend.biggan_config,
+            "image_size": self.backend.image_size,
+            "num_classes": self.backend.num_classes,
+            "parameters_per_mechanism": sum(p.numel() for p in self.backend.f_shape.parameters()),
+        }
+
+    def environment(self) -> dict[str, Any]:
+        """Versions and hardware of this run (recorded, not checked on resume)."""
+        return {
+            "cfaug_version": __version__,
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(self.device),
+            "world_size": self.world.size,
+            "threads": torch.get_num_threads(),
+        }
+
+    def write_config(self) -> None:
+        """Write ``config.json`` (rank 0)."""
+        if not self.world.is_main:
+            return
+        document = {
+            "config": self.config.to_dict(),
+            "resolved": self.resolved(),
+            "environment": self.environment(),
+            "biggan_source": self.biggan_source,
+            "u2net_source": self.u2net_source,
+        }
+        with atomic_write(self.run_dir / "config.json", "w") as handle:
+            json.dump(document, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+
+    def save_state(self) -> None:
+        """Write ``checkpoints/latest.safetensors``: everything needed to continue the run (rank 0)."""
+        if not self.world.is_main:
+            return
+        tensors = {**_prefixed("model", self.backend), **_prefixed("ground_truth", self.ground_truth)}
+        optimizer_meta = {}
+        for name, optimizer in self.optimizers.items():
+            flat, meta = _flatten_optimizer(f"opt_{name}", optimizer)
+            tensors.update(flat)
+            optimizer_meta[name] = meta
+        meta = {
+            "kind": CHECKPOINT_KIND,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "config": self.config.to_dict(),
+            "resolved": self.resolved(),
+            "biggan_config": self.backend.biggan_config,
+            "biggan_source": self.biggan_source,
+            "u2net_source": self.u2net_source,
+            "optimizers": optimizer_meta,
+            "rng": "every draw comes from the per-sample seeds of (seed, sample index): the step is the whole state",
+        }
+        save_checkpoint(self.checkpoint_path, tensors, meta)
+
+    def _load_state(self, checkpoint: Any) -> None:
+        meta, tensors = checkpoint.meta, checkpoint.state_dict
+        if meta["resolved"]["feature_net"] != self.feature_description:
+            raise ValueError(
+                f"The run was trained with the feature network {meta['resolved']['feature_net']!r}, but this machine "
+                f"resolves `feature_net` to {self.feature_description!r}; pass the original one to resume."
+            )
+        self.backend.load_state_dict(_unprefixed("model", tensors), strict=True)
+        self.ground_truth.load_state_dict(_unprefixed("ground_truth", tensors), strict=True)
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(_unflatten_optimizer(f"opt_{name}", tensors, meta["optimizers"][name]))
+        self.step = int(meta["step"])
+        self.train_seconds = float(meta["train_seconds"])
+
+    # ----------------------------------------------------------------------------------- training
+    def sample_seeds(self, step: int, accumulation_pass: int) -> torch.Tensor:
+        """This rank's per-sample seeds for pass ``accumulation_pass`` of optimiser step ``step``."""
+        config = self.config
+        first = (
+            step * config.accumulation + accumulation_pass
+        ) * config.batch_size + self.world.rank * self.local_batch
+        return index_seeds(mix_seed(config.seed, _SAMPLE_STREAM), range(first, first + self.local_batch))
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.amp is None or self.device.type == "cpu":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.config.amp])
+
+    def forward_backward(self, seeds: torch.Tensor) -> dict[str, float]:
+        """One pass: draws from ``seeds``, forward, losses, backward (gradients add to those already there)."""
+        config = self.config
+        backend = self.backend
+        classes = per_sample_randint(seeds, _CLASS_STREAM, backend.num_classes).to(self.device)
+        noise = truncated_noise(seeds, backend.latent_dim, config.truncation, stream=_NOISE_STREAM).to(self.device)
+        with self._autocast():
+            with torch.no_grad():
+                ground_truth = self.ground_truth(noise, backend.one_hot(classes), config.truncation).float()
+            _, mask, foreground, background = self.model(noise, classes, classes, classes, config.truncation)
+            mask, foreground, background = mask.float(), foreground.float(), background.float()
+            saliency = backend.u2net(background).float()
+            generated = composite(mask, foreground, background)
+            grid = texture_patch_grid(
+                ground_truth,
+                mask.detach(),
+                seeds,
+                patch_size=config.patch_size,
+                pool_size=config.patch_pool,
+                grid=config.patch_grid,
+                work_size=config.patch_work_size,
+            )
+            terms = self.loss(generated, ground_truth, mask, foreground, saliency, grid)
+        terms["total"].backward()
+        mask = mask.detach()
+        values = {f"loss_{name}": float(value.detach()) for name, value in terms.items()}
+        values["mask_area"] = float(mask.mean())
+        values["mask_binariness"] = float((2 * mask - 1).abs().mean())
+        return values
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step: ``accumulation`` passes with summed gradients, then the three Adam steps."""
+        config = self.config
+        sums: dict[str, float] = {}
+        for accumulation_pass in range(config.accumulation):
+            last = accumulation_pass == config.accumulation - 1
+            # Gradients are all-reduced once per step, on the last pass; earlier passes accumulate locally.
+            sync = contextlib.nullcontext() if last or not self.world.distributed else self.model.no_sync()
+            with sync:
+                values = self.forward_backward(self.sample_seeds(self.step, accumulation_pass))
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {name: value / config.accumulation for name, value in sums.items()}
+
+    # --------------------------------------------------------------------------------- monitoring
+    def accumulate(self, values: dict[str, float], seconds: float) -> None:
+        """Add one step's mean values to the current log interval."""
+        for name, value in values.items():
+            self._interval[name] = self._interval.get(name, 0.0) + value
+        self._interval_passes += 1
+        self._interval_seconds += seconds
+
+    def log(self) -> dict[str, Any]:
+        """Append the interval's means (over all ranks) to ``stats.jsonl`` (rank 0) and start a new interval."""
+        names = sorted(self._interval)
+        steps = max(self._interval_passes, 1)
+        values = torch.tensor([self._interval[n] / steps for n in names], dtype=torch.float64)
+        if self.world.distributed and names:
+            gathered = values.to(self.device)
+            dist.all_reduce(gathered)
+            values = gathered.cpu() / self.world.size
+        images = self._interval_passes * self.config.batch_size * self.config.accumulation
+        record: dict[str, Any] = {
+            "step": self.step,
+            "images": self.step * self.config.batch_size * self.config.accumulation,
+            "train_seconds": round(self.train_seconds, 3),
+            "img_per_s": round(images / max(self._interval_seconds, 1e-9), 3),
+            **{name: float(value) for name, value in zip(names, values.tolist(), strict=True)},
+        }
+        if self.world.is_main:
+            with open(self.stats_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        self._interval.clear()
+        self._interval_passes = 0
+        self._interval_seconds = 0.0
+        self.last_record = record
+        return record
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Generator[None, None, None]:
+        was_training = self.backend.training
+        self.backend.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                yield
+        finally:
+            self.backend.train(was_training)
+
+    def save_samples(self) -> Path | None:
+        """Write the sample sheet of the current step on fixed noise (rank 0); return its path.
+
+        One row per sample class: mask, pre-mask, foreground, background, composite, pseudo ground truth, and a
+        counterfactual with the row's shape and the next rows' texture and background.
+        """
+        if not self.world.is_main:
+            return None
+        from torchvision.utils import make_grid, save_image
+
+        backend = self.backend
+        classes = torch.tensor(self.sample_classes, device=self.device)
+        seeds = index_seeds(mix_seed(self.config.seed, _SHEET_STREAM), range(len(classes)))
+        noise = truncated_noise(seeds, backend.latent_dim, self.config.truncation).to(self.device)
+        truncation = self.config.truncation
+        with self._evaluating():
+            premask, mask, foreground, background = backend(noise, classes, classes, classes, truncation)
+            ground_truth = self.ground_truth(noise, backend.one_hot(classes), truncation)
+            texture, background_classes = classes.roll(-1), classes.roll(-2)
+            counterfactual = composite(*backend(noise, classes, texture, background_classes, truncation)[1:])
+            columns = [
+                mask.float().expand(-1, 3, -1, -1),
+                _to_unit(premask),
+                _to_unit(foreground),
+                _to_unit(background),
+                _to_unit(composite(mask.float(), foreground.float(), background.float())),
+                _to_unit(ground_truth),
+                _to_unit(counterfactual.float()),
+            ]
+        tiles = torch.stack([c.float().cpu() for c in columns], dim=1).flatten(0, 1)
+        sheet = make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
+        path = self.run_dir / "samples" / f"step-{self.step:06d}.png"
+        buffer = io.BytesIO()
+        save_image(sheet, buffer, format="png")
+        with atomic_write(path) as handle:
+            handle.write(buffer.getvalue())
+        return path
+
+    def export(self) -> Path:
+        """Write ``final.safetensors``: the trained CGN as a ``biggan`` backend checkpoint (rank 0)."""
+        if self.world.is_main:
+            exported = copy.deepcopy(self.backend).cpu().eval()
+            exported.truncation = self.config.export_truncation
+            metrics = {k: v for k, v in self.last_record.items() if k.startswith(("loss_", "mask_"))}
+            recipe = {
+                "config": self.config.to_dict(),
+                "resolved": self.resolved(),
+                "trainer": "cfaug.training.imagenet",
+                "biggan_source": self.biggan_source,
+                "u2net_source": self.u2net_source,
+            }
+            training = {
+                "steps": self.step,
+                "images": self.step * self.config.batch_size * self.config.accumulation,
+                "train_seconds": round(self.train_seconds, 1),
+                **self.environment(),
+            }
+            exported.save(self.final_path, recipe=recipe, training=training, metrics=metrics)
+        self._barrier()
+        return self.final_path
+
+    def _barrier(self) -> None:
+        if self.world.distributed:
+            dist.barrier()
+
+    def _any_rank(self, flag: bool) -> bool:
+        if not self.world.distributed:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
+    def close(self) -> None:
+        """Leave the process group if this run created it."""
+        if self.world.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ---------------------------------------------------------------------------------------- run
+    def run(self) -> Path:
+        """Train to ``config.steps`` (logging, sheets, checkpoints as configured); return ``final.safetensors``.
+
+        On Ctrl-C the run finishes its step, writes its checkpoint and raises ``KeyboardInterrupt``.
+        """
+        from tqdm.auto import tqdm
+
+        config = self.config
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.step > 0:
+                _truncate_stats(self.stats_path, self.step)
+            else:
+                self.stats_path.unlink(missing_ok=True)
+        self.write_config()
+        if self.step >= config.steps:
+            if self.final_path.exists():
+                return self.final_path
+            return self.export()
+        if self.step == 0:
+            self.save_samples()
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            desc="cgn imagenet",
+            unit="step",
+            disable=not (config.progress and self.world.is_main),
+            dynamic_ncols=True,
+        )
+        with bar, _deferred_interrupt() as interrupted:
+            while self.step < config.steps:
+                started = time.perf_counter()
+                values = self.train_step()
+                seconds = time.perf_counter() - started
+                self.train_seconds += seconds
+                self.accumulate(values, seconds)
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss_total']:.3f}", area=f"{values['mask_area']:.2f}", refresh=False)
+                final = self.step == config.steps
+                stop = self._any_rank(interrupted())
+                if self.step % config.log_every == 0 or final:
+                    self.log()
+                if self.step % config.sample_every == 0 or final:
+                    self.save_samples()
+                if self.step % config.checkpoint_every == 0 or final or stop:
+                    self.save_state()
+                    self._barrier()
+                if stop:
+                    raise KeyboardInterrupt(
+                        f"Training interrupted after step {self.step}; {self.checkpoint_path} holds the state. "
+                        "Run the same command again to continue."
+                    )
+        return self.export()
+
+
+def train_cgn_imagenet(config: ImageNetTrainConfig, run_dir: str | os.PathLike[str], *, resume: bool = True) -> Path:
+    """Train an ImageNet CGN as ``config`` says, writing everything into ``run_dir``; return the exported backend.
+
+    When ``run_dir/checkpoints/latest.safetensors`` exists, training continues from it (the config may differ only
+    in ``IMAGENET_RESUMABLE_FIELDS``, e.g. more ``steps``). Under ``torchrun`` every rank calls this function; rank 0
+    writes the files.
+
+    Args:
+        config: the recipe, e.g. ``get_imagenet_preset("authors", biggan="weights/biggan-deep-256")``.
+        run_dir: the run folder (created if needed); see the module documentation for its layout.
+        resume: continue from the run folder's checkpoint. With ``False`` an existing checkpoint is an error.
+
+    Returns:
+        The path of ``final.safetensors``: load it with ``cfaug.load_backend("biggan", weights=path)``.
+
+    Raises:
+        ValueError: the run folder holds a run with another recipe, or ``resume=False`` and it holds a run.
+        FeatureNetworkError: ``config.feature_net`` names ImageNet VGG16 weights that are not available.
+        FileNotFoundError: the BigGAN folder or the U2-Net weights file does not exist.
+
+    Examples:
+        >>> config = get_imagenet_preset("authors", biggan="weights/biggan-deep-256", device="cuda")  # doctest: +SKIP
+        >>> path = train_cgn_imagenet(config, "runs/imagenet")  # doctest: +SKIP
+        >>> backend = cfaug.load_backend("biggan", weights=path)  # doctest: +SKIP
+    """
+    if not isinstance(config, ImageNetTrainConfig):
+        raise TypeError(f"`config` should be an ImageNetTrainConfig, but got {type(config).__name__}.")
+    previous_threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    trainer = None
+    try:
+        trainer = ImageNetTrainer(config, run_dir, resume=resume)
+        return trainer.run()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        torch.set_num_threads(previous_threads)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+# Options with their own flag: (flag, config field, type, help).
+_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--biggan", "biggan", str, "pretrained BigGAN: a folder with config.json + pytorch_model.bin, or a name"),
+    ("--u2net", "u2net", str, f"U2-Net variant, one of {list(U2NET_VARIANTS)} (default u2net)"),
+    ("--u2net-weights", "u2net_weights", str, "U2-Net weights: official name (u2net, u2netp) or a file"),
+    ("--feature-net", "feature_net", str, "VGG16 of the style losses: imagenet, random or a weights file"),
+    ("--steps", "steps", int, "optimiser steps (default: the preset's, 300)"),
+    ("--batch-size", "batch_size", int, "samples per pass over all processes (default 1)"),
+    ("--accumulation", "accumulation", int, "passes per optimiser step, gradients summed (default 4000)"),
+    ("--truncation", "truncation", float, "truncation of the training noise (default 1.0)"),
+    ("--seed", "seed", int, "run seed (default 0)"),
+    ("--device", "device", str, "torch device, e.g. cuda (default cpu)"),
+    ("--amp", "amp", str, "bf16: autocast the forward passes on a GPU (default: float32)"),
+    ("--num-threads", "num_threads", int, "torch CPU threads"),
+)
+
+
+def add_train_imagenet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``cfaug train imagenet`` to ``parser`` and return it.
+
+    Examples:
+        >>> parser = add_train_imagenet_arguments(argparse.ArgumentParser(prog="cfaug train imagenet"))
+        >>> args = parser.parse_args(["--run-dir", "runs/i", "--biggan", "biggan256", "--steps", "10"])
+        >>> config_from_args(args).steps
+        10
+    """
+    parser.add_argument("--run-dir", required=True, help="run folder (created; an existing run is resumed)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(IMAGENET_PRESETS),
+        default="authors",
+        help="authors: the values of the authors' code (default); paper: the paper's where they differ",
+    )
+    for flag, name, kind, text in _FLAGS:
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set any ImageNetTrainConfig field; VALUE is JSON (e.g. --set mask_interval=[0.1,0.9]) or a string",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        default=True,
+        help="fail instead of resuming when the run folder already holds a run",
+    )
+    return parser
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    names = {f.name for f in dataclasses.fields(ImageNetTrainConfig)}
+    if not sep or name not in names:
+        raise ValueError(f"`--set` should be FIELD=VALUE with FIELD one of {sorted(names)}, but got {text!r}.")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a plain string such as a path
+    if isinstance(value, list):
+        value = tuple(value)
+    return name, value
+
+
+def config_from_args(args: argparse.Namespace) -> ImageNetTrainConfig:
+    """The config that parsed ``cfaug train imagenet`` arguments describe (preset, flags, then ``--set``)."""
+    changes: dict[str, Any] = {name: getattr(args, name) for _, name, _, _ in _FLAGS if getattr(args, name) is not None}
+    changes["progress"] = args.progress
+    changes.update(_parse_override(text) for text in args.overrides)
+    return get_imagenet_preset(args.preset, **changes)
+
+
+def run_train_imagenet(args: argparse.Namespace) -> int:
+    """Run ``cfaug train imagenet``: train (or resume), print the exported checkpoint's path, return 0."""
+    config = config_from_args(args)
+    final = train_cgn_imagenet(config, args.run_dir, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"Exported CGN: {final}")
+        print(f"Load it with: cfaug.load_backend('biggan', weights={str(final)!r})")
+    return 0
