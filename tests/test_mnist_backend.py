@@ -26,8 +26,7 @@ from cfaug.backends.mnist import (
     cyclic_shift,
     random_shift_offsets,
 )
-from cfaug.checkpoint import CheckpointError
-from cfaug.hub import WeightsError
+from cfaug.checkpoint import CheckpointError, load_checkpoint
 from cfaug.seeding import per_sample_normal, per_sample_randint
 
 AUTHORS_CHECKPOINTS = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
@@ -390,8 +389,49 @@ def test_entry_point_discovery():
     assert "mnist" in cfaug.list_backends()
     assert cfaug.list_backends("mni*") == ["mnist"]
     assert cfaug.get_backend_class("mnist") is MnistBackend
-    with pytest.raises(WeightsError, match="ships no default weights"):
-        cfaug.load_backend("mnist")
+    assert MnistBackend.default_weights == "colored_mnist"
+
+
+# ------------------------------------------------------------------------------------------ shipped weights
+@pytest.mark.parametrize("name", ["colored_mnist", "double_colored_mnist", "wildlife_mnist"])
+def test_shipped_weights_load_offline_and_generate(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("CFAUG_HOME", str(tmp_path))  # nothing cached: the file must come from the package
+    backend = cfaug.load_backend("mnist", weights=name)
+    assert backend.weights_name == name and backend.weights_sha256 == MnistBackend.named_weights[name].sha256
+    parts = backend.sample([3, 7], [1, 1], [5, 0], seeds=torch.tensor([0, 1]))
+    assert parts.image.shape == (2, 3, 32, 32) and parts.mask.shape == (2, 1, 32, 32)
+    assert 0 <= parts.image.min() and parts.image.max() <= 1
+    # Each file carries a trained mask estimator for image-only CounterfactualAugment.
+    assert backend.has_mask_estimator
+    masks = backend.estimate_mask(parts.image)
+    iou = ((masks > 0.5) & (parts.mask > 0.5)).sum() / ((masks > 0.5) | (parts.mask > 0.5)).sum()
+    assert iou > 0.8
+    meta = load_checkpoint(backend_file(name)).meta
+    generator = meta["recipe"]["generator"]
+    assert generator["recipe"]["config"]["variant"] == name
+    assert generator["training"]["train_seconds"] > 0 and generator["training"]["steps"] > 0
+    if name == "wildlife_mnist":  # the other two were exported by a release without the export-time probe
+        assert generator["metrics"]["probe_shape_accuracy"] == 1.0
+    assert meta["metrics"]["mask_iou"]["mean_iou"] > 0.9
+
+
+def backend_file(name: str):
+    """The shipped file of named weights, inside the installed package."""
+    from cfaug.hub import _packaged_path
+
+    return _packaged_path("cfaug", MnistBackend.named_weights[name].filename)
+
+
+def test_default_weights_serve_the_transform_and_the_dataset():
+    assert cfaug.load_backend("mnist").weights_name == "colored_mnist"
+    augment = cfaug.CounterfactualAugment(p=1.0)
+    images = torch.rand(4, 3, 32, 32)
+    out, labels = augment(images, torch.tensor([0, 1, 2, 3]))
+    assert out.shape == images.shape and torch.equal(labels, torch.tensor([0, 1, 2, 3]))
+    # Image-only: the shipped mask estimator keeps each real image's shape.
+    assert cfaug.CounterfactualAugment(p=1.0)(images).shape == images.shape
+    image, label = cfaug.CounterfactualDataset(size=3, seed=0)[0]
+    assert tuple(image.shape) == (3, 32, 32) and 0 <= label < 10
 
 
 # ---------------------------------------------------------------------------------------- mask estimator

@@ -335,6 +335,17 @@ def test_a_run_writes_its_folder_and_changes_the_weights(mnist_root, tmp_path):
     assert not torch.equal(after["G.f_shape.0.weight"], after["G_ema.f_shape.0.weight"])  # the EMA lags
 
 
+def test_an_export_after_the_last_step_still_records_mask_metrics(mnist_root, tmp_path):
+    # A run stopped by a wall clock is exported by calling again with steps = its checkpoint's step: no training
+    # step and no log line happen then, but the file must still describe the weights it holds.
+    config = tiny(mnist_root, steps=2)
+    final = train_cgn_mnist(config, tmp_path)
+    final.unlink()
+    meta = load_checkpoint(train_cgn_mnist(config, tmp_path)).meta
+    assert meta["training"]["steps"] == 2
+    assert 0 < meta["metrics"]["probe_area_mean"] < 1 and len(meta["metrics"]["probe_shape_accuracy_per_class"]) == 10
+
+
 def test_resume_continues_bit_for_bit(mnist_root, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train_cgn_mnist(tiny(mnist_root, steps=4), straight)

@@ -549,7 +549,11 @@ class _Run:
 
     def export(self) -> Path:
         """Write final.safetensors: the exported generator as an ``mnist`` backend checkpoint."""
-        record = getattr(self, "last_record", {})
+        record = getattr(self, "last_record", None)
+        if record is None or record.get("step") != self.step:
+            # Exported without a log line at this step (e.g. a resumed run that had already reached its steps):
+            # probe now, so the file always carries the mask statistics of the weights it holds.
+            record = {f"probe_{name}": value for name, value in self.probe().summary().items()}
         metrics = {k: v for k, v in record.items() if k.startswith(("probe_", "g_", "d_", "batch_"))}
         if self.teacher_info:
             metrics["shape_teacher"] = self.teacher_info
