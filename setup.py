@@ -37,6 +37,7 @@ setup(
         "console_scripts": ["cfaug = cfaug.cli:main"],
         "cfaug.backends": [
             "mnist = cfaug.backends.mnist:MnistBackend",
+            "biggan = cfaug.backends.biggan:BigGANBackend",
         ],
     },
     classifiers=[

@@ -1,6 +1,10 @@
 """The ``cfaug`` command line: list, demo, generate, import-weights, train, evaluate.
 
 Bad arguments end with exit code 2 and a one-line message on stderr, as argparse does for parse errors.
+
+``generate`` and ``train classifier`` also run under torchrun, one process per device
+(``torchrun --nproc_per_node=4 -m cfaug.cli generate ...``): every process runs the same command and takes its
+share of the work (see ``cfaug.distributed``).
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cfaug.checkpoint import CheckpointError
+from cfaug.evaluation.imagenet import add_evaluate_imagenet_arguments, run_evaluate_imagenet
 from cfaug.evaluation.mnist import add_evaluate_mnist_arguments, run_evaluate_mnist
 from cfaug.hub import WeightsError
 from cfaug.registry import BackendImportError, get_backend_class, list_backends
+from cfaug.training.classifier import add_train_classifier_arguments, run_train_classifier
 from cfaug.training.cli import add_train_mnist_arguments, run_train_mnist
+from cfaug.training.imagenet import add_train_imagenet_arguments, run_train_imagenet
 from cfaug.training.mask_estimator import add_train_mask_estimator_arguments, run_train_mask_estimator
 
 __all__ = ["build_parser", "main"]
@@ -66,14 +73,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from cfaug.datasets.counterfactual import CounterfactualDataset
+    from cfaug.distributed import LONG_TIMEOUT, device_for_rank, distributed_session, save_counterfactuals_distributed
 
-    dataset = CounterfactualDataset(
-        args.backend, weights=args.weights, size=args.size, seed=args.seed, vary=tuple(args.vary), target="all"
-    )
-    complete = dataset.save(args.out, format=args.format, num_workers=args.workers, start=args.start, stop=args.stop)
+    # Under torchrun the process group only serves barriers (no tensors are exchanged), so gloo works everywhere;
+    # the long timeout lets a rank that finishes early wait for the slowest.
+    with distributed_session("gloo", timeout=LONG_TIMEOUT) as info:
+        device = device_for_rank(args.device, info)
+        if device.type == "cuda" and args.workers:
+            raise ValueError(
+                f"`--workers` should be 0 with a GPU (CUDA does not work in forked DataLoader workers), but got "
+                f"{args.workers} with --device {args.device}."
+            )
+        dataset = CounterfactualDataset(
+            args.backend,
+            weights=args.weights,
+            size=args.size,
+            seed=args.seed,
+            vary=tuple(args.vary),
+            target="all",
+            device=device,
+        )
+        result = save_counterfactuals_distributed(
+            dataset,
+            args.out,
+            format=args.format,
+            start=args.start,
+            stop=args.stop,
+            chunk_size=args.chunk_size,
+            num_workers=args.workers,
+            verify=info.is_distributed,
+        )
     stop = args.size if args.stop is None else args.stop
-    state = "complete" if complete else "partial: other ranges are still missing"
-    print(f"Wrote counterfactuals [{args.start}, {stop}) to {args.out} (dataset {state})")
+    state = "complete" if result.complete else "partial: other ranges are still missing"
+    if not info.is_distributed:
+        print(f"Wrote counterfactuals [{args.start}, {stop}) to {args.out} (dataset {state})")
+        return 0
+    share = f"[{result.start}, {result.stop})" if result.start < result.stop else "nothing (no chunk left for it)"
+    print(f"rank {info.rank}/{info.world_size}: wrote counterfactuals {share} on {device}")
+    if info.is_main:
+        checked = ", every file verified" if result.verified else ""
+        print(
+            f"Wrote counterfactuals [{args.start}, {stop}) to {args.out} with {info.world_size} processes "
+            f"(dataset {state}{checked})"
+        )
     return 0
 
 
@@ -118,12 +160,26 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--workers", type=int, default=0, help="DataLoader workers generating in parallel")
     generate.add_argument("--start", type=int, default=0, help="first index to write (for splitting the work)")
     generate.add_argument("--stop", type=int, default=None, help="index after the last to write (default: size)")
+    generate.add_argument(
+        "--chunk-size",
+        type=int,
+        default=256,
+        help="items per chunk, the unit of resuming and of splitting (default 256)",
+    )
+    generate.add_argument(
+        "--device", default="cpu", help="where to generate; cuda = each process's own GPU under torchrun (default cpu)"
+    )
     generate.set_defaults(handler=_cmd_generate)
 
     importer = commands.add_parser("import-weights", help="convert a checkpoint of the CGN authors to cfaug's format")
     importer.add_argument("source", type=Path, help="the authors' checkpoint (.pth state dict)")
     importer.add_argument("--out", type=Path, required=True, help="destination .safetensors file")
-    importer.add_argument("--config", type=Path, default=None, help="the authors' cfg.yaml (default: beside SRC)")
+    importer.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="mnist: the authors' cfg.yaml (default: beside SRC); biggan: a BigGAN config.json (default: deep-256)",
+    )
     importer.add_argument("--backend", default="mnist", help="backend whose format SRC is in (default: mnist)")
     importer.set_defaults(handler=_cmd_import_weights)
 
@@ -137,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_mnist_arguments(train_mnist)
     train_mnist.set_defaults(handler=run_train_mnist)
 
+    train_imagenet = groups["train"].add_parser(
+        "imagenet", help="train the ImageNet CGN (three BigGAN copies + U2-Net; resumable, torchrun-ready)"
+    )
+    add_train_imagenet_arguments(train_imagenet)
+    train_imagenet.set_defaults(handler=run_train_imagenet)
+
+    train_classifier = groups["train"].add_parser(
+        "classifier", help="train the CGN paper's shape/texture/background classifier ensemble (torchrun-ready)"
+    )
+    add_train_classifier_arguments(train_classifier)
+    train_classifier.set_defaults(handler=run_train_classifier)
+
     train_masks = groups["train"].add_parser(
         "mask-estimator", help="train the mask estimator of an MNIST CGN for real images (estimate_mask)"
     )
@@ -146,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_mnist = groups["evaluate"].add_parser("mnist", help="the paper's Table 2 classifier experiment")
     add_evaluate_mnist_arguments(evaluate_mnist)
     evaluate_mnist.set_defaults(handler=run_evaluate_mnist)
+
+    evaluate_imagenet = groups["evaluate"].add_parser(
+        "imagenet", help="shape bias (Table 3) and the Backgrounds Challenge (Table 4) of an ImageNet classifier"
+    )
+    add_evaluate_imagenet_arguments(evaluate_imagenet)
+    evaluate_imagenet.set_defaults(handler=run_evaluate_imagenet)
     return parser
 
 

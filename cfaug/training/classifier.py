@@ -1,0 +1,1283 @@
+"""The CGN paper's invariant classifier ensemble on ImageNet, and its config-driven training (``train_classifier``).
+
+**Model** (notes 3.8). A backbone (torchvision ResNet-50, ImageNet-pretrained in the paper) without its final
+``fc``, and three fresh linear heads on its pooled features: ``shape``, ``texture`` and ``background``. The model
+returns a dict of logits: the three heads, their mean ``average`` (the ensemble's prediction on real images) and
+``shape_texture``, the mean of the shape and texture heads (the prediction without the background head, used for
+the Backgrounds Challenge). With ``frozen_bn`` the backbone's BatchNorm layers stay in eval mode while training, as
+the authors did: the pretrained running statistics are kept (the affine weights still train).
+
+**One training step** (the authors' ``train_classifier.py``):
+
+1. a batch of real images ``(x, y)``: ``CE(average(x), y)``, backward;
+2. a batch of counterfactual images ``(x', y_shape, y_texture, y_background)``: ``CE(shape(x'), y_shape) +
+   CE(texture(x'), y_texture) + CE(background(x'), y_background)``, backward;
+3. one SGD step (momentum 0.9, weight decay 1e-4) on the summed gradients; the learning rate is multiplied by
+   0.1 every 15 epochs (the authors' code; its docstring says 30).
+
+Both kinds of images get RandomResizedCrop and a horizontal flip, then ImageNet normalisation. Real images come
+from an ImageFolder (``<root>/<class>/<image>``, classes in sorted folder order as torchvision numbers them);
+counterfactuals from a dataset saved with ``cfaug generate`` (``target="all"`` gives the three labels).
+
+**Determinism.** Which items step ``k`` uses is a function of ``(seed, k)`` alone: real images follow a seeded
+permutation per epoch (the last partial batch is dropped), counterfactuals a continuous stream of seeded
+permutations (each epoch sees fresh ones, as the authors' per-epoch resampling), and every image's random crop and
+flip is drawn from a seed of its own position in that stream. So the data do not depend on the number of
+processes or DataLoader workers, and a resumed run repeats the uninterrupted one bit for bit.
+
+**Several processes** (``torchrun``). The ``batch_size`` is the global batch: each rank takes its slice of
+every step's items and DistributedDataParallel averages the gradients, so with frozen BatchNorm a run on N
+processes computes what one process computes (up to float rounding). Rank 0 writes the run folder.
+
+**Run folder.**
+
+.. code-block:: text
+
+    run_dir/
+      config.json                     the ClassifierConfig and what it resolved to (classes, steps, processes)
+      stats.jsonl                     one JSON object per log interval (losses, batch accuracies, img/s) and per
+                                      epoch (validation top-1/top-5 per output, when validation data is given)
+      samples/first-batch.png         the first step's augmented real (top) and counterfactual (bottom) images
+      checkpoints/latest.safetensors  the model, SGD state and step: what a resumed run continues from
+      final.safetensors               the trained ensemble (``load_classifier``)
+
+Examples:
+    >>> config = ClassifierConfig(real_root="imagenet/train", counterfactual_root="cf_imagenet")  # doctest: +SKIP
+    >>> final = train_classifier(config, "runs/ensemble")  # doctest: +SKIP
+    >>> model = load_classifier(final)  # doctest: +SKIP
+    >>> model(images)["shape"].shape  # doctest: +SKIP
+    torch.Size([8, 1000])
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cfaug._utils import atomic_write, check_positive_int, sha256_file, verify_str_arg
+from cfaug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cfaug.distributed import (
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    check_same_across_ranks,
+    device_for_rank,
+    distributed_session,
+    fail_together,
+)
+from cfaug.seeding import mix_seed
+from cfaug.training.config import json_ready
+from cfaug.version import __version__
+
+__all__ = [
+    "CLASSIFIER_KIND",
+    "HEADS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OUTPUTS",
+    "RESUMABLE_CLASSIFIER_FIELDS",
+    "STATE_KIND",
+    "ClassifierConfig",
+    "ClassifierTrainer",
+    "EnsembleClassifier",
+    "TinyCNN",
+    "WeightsUnavailableError",
+    "add_train_classifier_arguments",
+    "build_backbone",
+    "build_torchvision_classifier",
+    "config_from_args",
+    "eval_transform",
+    "list_backbones",
+    "load_classifier",
+    "load_torchvision_weights",
+    "run_train_classifier",
+    "save_classifier",
+    "train_classifier",
+    "train_transform",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The three heads, each trained with its own mechanism's label on counterfactuals.
+HEADS: tuple[str, ...] = ("shape", "texture", "background")
+#: Everything the model returns: the heads, their mean, and the mean of shape and texture.
+OUTPUTS: tuple[str, ...] = (*HEADS, "average", "shape_texture")
+#: ``kind`` in the metadata of an exported classifier (``final.safetensors``).
+CLASSIFIER_KIND = "cfaug.classifier"
+#: ``kind`` in the metadata of a training-state checkpoint (``checkpoints/latest.safetensors``).
+STATE_KIND = "cfaug.training.classifier.state"
+
+# Streams of the run seed: each kind of randomness has its own, so changing one leaves the others untouched.
+_INIT_STREAM, _REAL_ORDER_STREAM, _CF_ORDER_STREAM, _REAL_AUG_STREAM, _CF_AUG_STREAM = 1, 2, 3, 4, 5
+# torchvision classification models whose last layer is a Linear ``fc`` on pooled features.
+_TORCHVISION_FAMILIES = ("resnet", "wide_resnet", "resnext")
+_STATE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+# ------------------------------------------------------------------------------------------------ backbones
+class TinyCNN(nn.Module):
+    """Two conv-BatchNorm-ReLU blocks and global average pooling (5.2k parameters, 32 features).
+
+    A stand-in backbone for tests and smoke runs: small enough to train in milliseconds on a CPU, with the
+    BatchNorm layers that ``frozen_bn`` acts on. Any input size of at least 2x2 works.
+    """
+
+    feature_dim = 32
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, 32)`` of images ``(B, 3, H, W)``."""
+        return self.features(images)
+
+
+def list_backbones() -> tuple[str, ...]:
+    """Backbone names: ``"tiny_cnn"`` and torchvision's ResNet family (``resnet50``, ``wide_resnet50_2``, ...)."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    return ("tiny_cnn", *sorted(name for name in names if name.startswith(_TORCHVISION_FAMILIES)))
+
+
+def build_backbone(name: str) -> tuple[nn.Module, int]:
+    """A randomly initialised backbone without its classifier, and the size of its feature vector.
+
+    torchvision models keep their module names (``conv1``, ``layer1``, ...; the ``fc`` becomes an identity), so
+    torchvision state dicts load into them.
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    verify_str_arg(name, "backbone", list_backbones())
+    if name == "tiny_cnn":
+        return TinyCNN(), TinyCNN.feature_dim
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None)
+    feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return model, feature_dim
+
+
+# -------------------------------------------------------------------------------------------------- weights
+class WeightsUnavailableError(FileNotFoundError):
+    """Pretrained weights were asked for but are not on this machine; the message says where to put them."""
+
+
+def _looks_like_path(weights: str | os.PathLike[str]) -> bool:
+    if isinstance(weights, os.PathLike):
+        return True
+    return os.sep in weights or weights.endswith(_STATE_SUFFIXES) or Path(weights).expanduser().is_file()
+
+
+def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # weights_only=True: tensors and plain containers only, never arbitrary pickled objects.
+    loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # a training checkpoint of the PyTorch ImageNet example
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(
+            f"{str(path)!r} should hold a state dict (names to tensors), but holds {type(loaded).__name__}."
+        )
+    return loaded
+
+
+def load_torchvision_weights(
+    arch: str,
+    weights: str | os.PathLike[str],
+    *,
+    download: bool = False,
+    check_hash: bool = True,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict of pretrained weights for a torchvision architecture, without surprise downloads.
+
+    Args:
+        arch: the architecture, e.g. ``"resnet50"``.
+        weights: a file (``.pth``/``.pt`` read with ``weights_only=True``, or ``.safetensors``), or the name of
+            torchvision weights: ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V2"``, ``"DEFAULT"``.
+        download: with a name whose file is not in the torch hub cache, download it (checked against the
+            digest in its file name). Without it, a missing file is an error saying where to put it.
+        check_hash: check a cached file against the sha256 prefix in its file name, as torch.hub does on download.
+        progress: show a progress bar while downloading.
+
+    Returns:
+        The state dict and a one-line description of its origin.
+
+    Raises:
+        WeightsUnavailableError: the file does not exist, or named weights are not cached and ``download`` is off.
+        ValueError: unknown weights name, or a cached file fails its digest check.
+    """
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"`weights` should be a file path or a weights name, but got {type(weights).__name__}.")
+    if _looks_like_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(f"Weights file not found: {str(path)!r}.")
+        return _read_state_file(path), f"weights file {path.name}"
+    if arch == "tiny_cnn":
+        raise ValueError(f"The tiny_cnn backbone has no named weights; give a file path, not {weights!r}.")
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(arch)
+    prefix, _, name = str(weights).rpartition(".")
+    if prefix and prefix != enum.__name__:
+        raise ValueError(f"Weights {weights!r} are not weights of {arch}; its weights are {enum.__name__}.*")
+    verify_str_arg(name, "weights", [*enum.__members__])
+    entry = enum[name]
+    label = f"torchvision {enum.__name__}.{entry.name}"
+    filename = os.path.basename(urlparse(entry.url).path)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if cached.is_file():
+        expected = re.search(r"-([a-f0-9]+)\.", filename)
+        if check_hash and expected is not None and not sha256_file(cached).startswith(expected.group(1)):
+            raise ValueError(
+                f"{str(cached)!r} does not have the sha256 of {label} (it should start with {expected.group(1)}); "
+                "delete it, or pass the weights as a file path."
+            )
+        state = torch.load(str(cached), map_location="cpu", weights_only=True)
+        return state, label
+    if download:
+        return entry.get_state_dict(progress=progress, check_hash=True), label
+    raise WeightsUnavailableError(
+        f"{label} are not in the torch hub cache ({str(cached)!r}), and cfaug downloads only when asked "
+        f"(download=True, --download). Download {entry.url} on a machine with network access and put it there, "
+        "pass the file's path instead of the name, or train the backbone from scratch (backbone_weights=None)."
+    )
+
+
+def _clean_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the wrappers' prefixes (DistributedDataParallel, torch.compile) from the names."""
+    cleaned = {}
+    for name, tensor in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            name = name.removeprefix(prefix)
+        cleaned[name] = tensor
+    return cleaned
+
+
+def build_torchvision_classifier(
+    arch: str,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
+    check_hash: bool = True,
+) -> nn.Module:
+    """A plain torchvision classifier (any ``torchvision.models`` classification architecture), in eval mode.
+
+    Args:
+        arch: the architecture name, e.g. ``"resnet50"``.
+        weights: as ``load_torchvision_weights``; ``None`` leaves the random initialisation.
+        download: allow downloading named weights.
+        check_hash: check a cached file's digest.
+    """
+    import torchvision
+
+    verify_str_arg(arch, "arch", torchvision.models.list_models(module=torchvision.models))
+    model = torchvision.models.get_model(arch, weights=None)
+    if weights is not None:
+        state, _ = load_torchvision_weights(arch, weights, download=download, check_hash=check_hash)
+        model.load_state_dict(_clean_state(state), strict=True)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------------------ model
+class EnsembleClassifier(nn.Module):
+    """A shared backbone with shape, texture and background heads (the CGN paper's invariant ensemble).
+
+    Args:
+        backbone: a name from ``list_backbones()``; ``"resnet50"`` as in the paper.
+        num_classes: classes of every head (1000 for ImageNet).
+        frozen_bn: keep the backbone's BatchNorm layers in eval mode in ``train()`` (the authors' setting).
+
+    Shape:
+        Input ``(B, 3, H, W)`` normalised images; output a dict with ``(B, num_classes)`` logits under each of
+        ``OUTPUTS``: ``shape``, ``texture``, ``background``, ``average`` and ``shape_texture``.
+
+    Examples:
+        >>> model = EnsembleClassifier("tiny_cnn", num_classes=5)
+        >>> sorted(model(torch.zeros(2, 3, 8, 8)))
+        ['average', 'background', 'shape', 'shape_texture', 'texture']
+    """
+
+    def __init__(self, backbone: str = "resnet50", num_classes: int = 1000, frozen_bn: bool = True) -> None:
+        super().__init__()
+        check_positive_int(num_classes, "num_classes")
+        if not isinstance(frozen_bn, bool):
+            raise TypeError(f"`frozen_bn` should be a bool, but got {type(frozen_bn).__name__} {frozen_bn!r}.")
+        self.backbone_name = backbone
+        self.num_classes = num_classes
+        self.frozen_bn = frozen_bn
+        self.backbone, self.feature_dim = build_backbone(backbone)
+        self.heads = nn.ModuleDict({head: nn.Linear(self.feature_dim, num_classes) for head in HEADS})
+
+    def train(self, mode: bool = True) -> EnsembleClassifier:
+        """Set training mode; with ``frozen_bn`` the backbone's BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        if self.frozen_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every output (see ``OUTPUTS``)."""
+        features = self.backbone(images)
+        logits = {head: layer(features) for head, layer in self.heads.items()}
+        logits["average"] = (logits["shape"] + logits["texture"] + logits["background"]) / 3
+        logits["shape_texture"] = (logits["shape"] + logits["texture"]) / 2
+        return logits
+
+    def load_backbone_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load pretrained backbone weights (a torchvision state dict; its ``fc`` is ignored).
+
+        Raises:
+            ValueError: tensors of the backbone are missing from ``state`` or have other shapes.
+        """
+        cleaned = {
+            name.removeprefix("backbone."): tensor
+            for name, tensor in _clean_state(state).items()
+            if not name.startswith(("fc.", "heads."))
+        }
+        wanted = self.backbone.state_dict()
+        missing = sorted(set(wanted) - set(cleaned))
+        unexpected = sorted(set(cleaned) - set(wanted))
+        if missing or unexpected:
+            raise ValueError(
+                f"The weights do not fit the {self.backbone_name} backbone: missing {missing[:4]}, unexpected "
+                f"{unexpected[:4]} ({len(missing)} and {len(unexpected)} tensors). Are they {self.backbone_name} "
+                "weights?"
+            )
+        shapes = [n for n, t in cleaned.items() if tuple(t.shape) != tuple(wanted[n].shape)]
+        if shapes:
+            raise ValueError(
+                f"The weights do not fit the {self.backbone_name} backbone: shapes differ for {shapes[:4]}."
+            )
+        self.backbone.load_state_dict(cleaned, strict=True)
+
+    def arch_config(self) -> dict[str, Any]:
+        """The constructor arguments, as stored in checkpoints."""
+        return {"backbone": self.backbone_name, "num_classes": self.num_classes, "frozen_bn": self.frozen_bn}
+
+
+def save_classifier(
+    model: EnsembleClassifier,
+    path: str | os.PathLike[str],
+    *,
+    class_names: list[str] | None = None,
+    image_size: int = 224,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    recipe: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an ensemble in cfaug's checkpoint format (safetensors plus JSON metadata), atomically.
+
+    Args:
+        model: the ensemble.
+        path: the ``.safetensors`` file to write.
+        class_names: the names of the classes, in label order.
+        image_size: the side of the images it was trained on (the evaluation crop).
+        mean: the normalisation mean it expects.
+        std: the normalisation standard deviation it expects.
+        recipe: how it was trained (the config).
+        training: facts about the run (steps, time, processes).
+        metrics: validation results.
+    """
+    if not isinstance(model, EnsembleClassifier):
+        raise TypeError(f"`model` should be an EnsembleClassifier, but got {type(model).__name__}.")
+    meta = {
+        "kind": CLASSIFIER_KIND,
+        "arch": model.arch_config(),
+        "class_names": list(class_names) if class_names is not None else None,
+        "image_size": int(image_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "recipe": dict(recipe or {}),
+        "training": dict(training or {}),
+        "metrics": dict(metrics or {}),
+    }
+    return save_checkpoint(path, model.state_dict(), meta)
+
+
+def load_classifier(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> EnsembleClassifier:
+    """Read an ensemble written by ``save_classifier`` (e.g. a run's ``final.safetensors``), in eval mode.
+
+    The checkpoint's metadata is attached as ``model.meta`` (class names, image size, mean and std, recipe).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is not a cfaug classifier checkpoint.
+    """
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    meta = checkpoint.meta
+    if meta.get("kind") != CLASSIFIER_KIND:
+        hint = " It is a training state; load the run's final.safetensors." if meta.get("kind") == STATE_KIND else ""
+        raise CheckpointError(
+            f"{str(path)!r} is not a classifier checkpoint (kind {meta.get('kind')!r}, expected "
+            f"{CLASSIFIER_KIND!r}).{hint}"
+        )
+    model = EnsembleClassifier(**meta["arch"])
+    model.load_state_dict(checkpoint.state_dict, strict=True)
+    model.meta = meta
+    return model.to(map_location).eval()
+
+
+# ------------------------------------------------------------------------------------------------- transforms
+def train_transform(image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+    """The training augmentation of real and counterfactual images: RandomResizedCrop, flip, normalisation.
+
+    Accepts PIL images and ``(C, H, W)`` tensors (uint8, or float in [0, 1]); returns float tensors.
+    """
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def eval_transform(image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+    """The evaluation preprocessing: resize to ``image_size * 256 / 224``, centre crop, normalisation."""
+    from torchvision.transforms import v2
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(image_size * 256 / 224), antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+
+
+def _as_image(image: Any) -> Any:
+    """Tensors from a counterfactual dataset are images; say so, so v2 transforms treat them as such."""
+    if isinstance(image, torch.Tensor):
+        from torchvision import tv_tensors
+
+        return tv_tensors.Image(image)
+    return image
+
+
+def _image_folder(root: str, arg: str) -> Any:
+    from torchvision.datasets import ImageFolder
+
+    path = Path(root).expanduser()
+    layout = f"an ImageFolder: {path}/<class>/<image>.jpg, one sub-folder per class"
+    if not path.is_dir():
+        raise FileNotFoundError(f"`{arg}` folder {str(path)!r} does not exist; it should be {layout}.")
+    try:
+        return ImageFolder(str(path))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"`{arg}` folder {str(path)!r} is not {layout} ({error}).") from error
+
+
+# ----------------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything that defines a training run of the invariant ensemble (see the field comments).
+
+    The defaults are the authors' recipe (notes 3.8) apart from the data paths. Build one and change fields with
+    ``dataclasses.replace``.
+
+    Raises:
+        TypeError, ValueError: a field has the wrong type or value (checked at construction).
+    """
+
+    # ---- data
+    real_root: str  # ImageFolder of real training images: <real_root>/<class>/<image>
+    counterfactual_root: str | None = None  # a dataset saved by `cfaug generate`; None: real images only
+    val_root: str | None = None  # ImageFolder of real validation images: top-1/top-5 after each epoch
+    counterfactual_val_root: str | None = None  # a saved counterfactual dataset: each head's accuracy per epoch
+    cf_ratio: float = 1.0  # counterfactual images per real image in a step (the authors' cf_ratio)
+    image_size: int = 224  # side of the random crops (training) and centre crops (validation)
+    # ---- model
+    backbone: str = "resnet50"  # see list_backbones(); "tiny_cnn" for tests and smoke runs
+    backbone_weights: str | None = "IMAGENET1K_V1"  # torchvision weights name, a file path, or None (random init)
+    download: bool = False  # allow downloading named backbone weights that are not in the torch hub cache
+    check_hash: bool = True  # check cached torchvision weights against the digest in their file name
+    frozen_bn: bool = True  # BatchNorm layers of the backbone stay in eval mode (the authors' setting)
+    # ---- optimisation
+    seed: int = 0  # seed of the head initialisation, the data order and every augmentation
+    epochs: int = 45  # passes over the real images
+    batch_size: int = 32  # real images per step, all processes together (the authors: 32 on 1 GPU)
+    lr: float = 1e-3  # SGD learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay
+    lr_step_epochs: int = 15  # the learning rate is multiplied by lr_gamma every this many epochs
+    lr_gamma: float = 0.1
+    # ---- monitoring and output
+    log_every: int = 100  # steps between stats.jsonl lines
+    checkpoint_every: int = 1000  # steps between checkpoints (one is also written after every epoch)
+    # ---- execution (may change when a run is resumed)
+    device: str = "cpu"  # torch device; "cuda" means each process's own GPU (LOCAL_RANK) under torchrun
+    num_workers: int = 4  # DataLoader workers per process (image decoding and augmentation)
+    num_threads: int | None = None  # torch.set_num_threads for the run; None: leave as is
+    progress: bool = True  # show a progress bar (rank 0)
+
+    def __post_init__(self) -> None:
+        for name in ("real_root", "device", "backbone"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise TypeError(f"`{name}` should be a non-empty str, but got {getattr(self, name)!r}.")
+        for name in ("counterfactual_root", "val_root", "counterfactual_val_root", "backbone_weights"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"`{name}` should be a non-empty str or None, but got {value!r}.")
+        verify_str_arg(self.backbone, "backbone", list_backbones())
+        for name in ("download", "check_hash", "frozen_bn", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` should be a bool, but got {getattr(self, name)!r}.")
+        for name in ("image_size", "epochs", "batch_size", "lr_step_epochs", "log_every", "checkpoint_every"):
+            check_positive_int(getattr(self, name), name)
+        for name in ("seed", "num_workers"):
+            check_positive_int(getattr(self, name), name, allow_zero=True)
+        if self.num_threads is not None:
+            check_positive_int(self.num_threads, "num_threads")
+        for name, positive in (("lr", True), ("cf_ratio", True), ("lr_gamma", True)):
+            _check_number(getattr(self, name), name, positive=positive)
+        for name in ("momentum", "weight_decay"):
+            _check_number(getattr(self, name), name, positive=False)
+
+    @property
+    def cf_batch_size(self) -> int:
+        """Counterfactual images per step, all processes together (0 without counterfactuals)."""
+        if self.counterfactual_root is None:
+            return 0
+        return max(1, round(self.cf_ratio * self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-serialisable data."""
+        return json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierConfig:
+        """Rebuild a config written by ``to_dict`` (e.g. a run's ``config.json``).
+
+        Raises:
+            ValueError: ``data`` has keys that are not fields of this config.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown ClassifierConfig fields {unknown}; valid fields are {sorted(names)}.")
+        return cls(**dict(data))
+
+
+#: Fields that may differ between an interrupted run and its resumption: they change how long it runs, how it is
+#: observed or where it runs and reads from, not what it computes.
+RESUMABLE_CLASSIFIER_FIELDS: frozenset[str] = frozenset(
+    {
+        "epochs",
+        "log_every",
+        "checkpoint_every",
+        "device",
+        "num_workers",
+        "num_threads",
+        "progress",
+        "real_root",
+        "counterfactual_root",
+        "val_root",
+        "counterfactual_val_root",
+        "download",
+        "check_hash",
+    }
+)
+
+
+def _check_number(value: Any, name: str, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"`{name}` should be a finite number, but got {type(value).__name__} {value!r}.")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"`{name}` should be a number {'> 0' if positive else '>= 0'}, but got {value!r}.")
+
+
+# ------------------------------------------------------------------------------------------------------- data
+class _Schedule:
+    """Which items every step uses, and the seed of each item's augmentation: a function of (seed, step) only."""
+
+    def __init__(self, num_real: int, num_cf: int, batch_size: int, cf_batch_size: int, seed: int) -> None:
+        self.num_real, self.num_cf = num_real, num_cf
+        self.batch_size, self.cf_batch_size = batch_size, cf_batch_size
+        self.steps_per_epoch = num_real // batch_size
+        self._seeds = {
+            kind: mix_seed(seed, stream) for kind, stream in (("r", _REAL_ORDER_STREAM), ("c", _CF_ORDER_STREAM))
+        }
+        self._aug = {"r": mix_seed(seed, _REAL_AUG_STREAM), "c": mix_seed(seed, _CF_AUG_STREAM)}
+        self._permutations: dict[tuple[str, int], torch.Tensor] = {}
+
+    def _permutation(self, kind: str, epoch: int) -> torch.Tensor:
+        key = (kind, epoch)
+        if key not in self._permutations:
+            while len(self._permutations) > 3:
+                self._permutations.pop(next(iter(self._permutations)))
+            generator = torch.Generator().manual_seed(mix_seed(self._seeds[kind], epoch))
+            size = self.num_real if kind == "r" else self.num_cf
+            self._permutations[key] = torch.randperm(size, generator=generator)
+        return self._permutations[key]
+
+    def real(self, step: int) -> list[int]:
+        """The real items of ``step``: batch ``step % steps_per_epoch`` of epoch ``step // steps_per_epoch``."""
+        epoch, j = divmod(step, self.steps_per_epoch)
+        return self._permutation("r", epoch)[j * self.batch_size : (j + 1) * self.batch_size].tolist()
+
+    def counterfactual(self, step: int) -> list[int]:
+        """The counterfactual items of ``step``: the next ones of an endless stream of permutations."""
+        items = []
+        for position in range(step * self.cf_batch_size, (step + 1) * self.cf_batch_size):
+            epoch, offset = divmod(position, self.num_cf)
+            items.append(int(self._permutation("c", epoch)[offset]))
+        return items
+
+    def keys(self, step: int, rank: int, world_size: int) -> list[tuple[str, int, int]]:
+        """This rank's slice of the step's items, as ``(source, index, augmentation seed)``: real ones first."""
+        keys = []
+        for kind, items, per_step in (
+            ("r", self.real(step), self.batch_size),
+            ("c", self.counterfactual(step) if self.cf_batch_size else [], self.cf_batch_size),
+        ):
+            share = per_step // world_size
+            for j in range(rank * share, (rank + 1) * share):
+                # Seeded by the position in the stream, so a repeated image gets a fresh crop in every epoch.
+                keys.append((kind, items[j], mix_seed(self._aug[kind], step * per_step + j)))
+        return keys
+
+
+class _StepBatches(Sampler):
+    """Batch sampler: one list of keys per step, from ``start`` to ``stop``."""
+
+    def __init__(self, schedule: _Schedule, start: int, stop: int, rank: int, world_size: int) -> None:
+        self.schedule, self.start, self.stop = schedule, start, stop
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
+        for step in range(self.start, self.stop):
+            yield self.schedule.keys(step, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+class _TrainItems(Dataset):
+    """Real and counterfactual items, each augmented with its own seed; labels as ``(shape, texture, background)``."""
+
+    def __init__(self, real: Any, counterfactual: Any, transform: Any) -> None:
+        self.real, self.counterfactual, self.transform = real, counterfactual, transform
+
+    def __len__(self) -> int:
+        return len(self.real) + (len(self.counterfactual) if self.counterfactual is not None else 0)
+
+    def __getitem__(self, key: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        source, index, seed = key
+        if source == "r":
+            image, label = self.real[index]
+            labels = (label, label, label)
+        else:
+            image, labels = self.counterfactual[index]
+        # torchvision's v2 transforms draw from the global CPU generator; seeding it per item makes the crop and
+        # flip a function of the item's key, whatever process or worker applies them.
+        torch.random.default_generator.manual_seed(seed)
+        return self.transform(_as_image(image)), torch.tensor(labels, dtype=torch.int64)
+
+
+class _EvalItems(Dataset):
+    def __init__(self, dataset: Any, indices: list[int], transform: Any) -> None:
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, label = self.dataset[self.indices[k]]
+        labels = label if isinstance(label, tuple) else (label, label, label)
+        return self.transform(_as_image(image)), torch.tensor(labels, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+def _truncate_stats(path: Path, last_step: int) -> None:
+    """Keep the stats lines up to ``last_step``: the interrupted run may have logged past its last checkpoint."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
+                kept.append(line)
+    with atomic_write(path, "w") as handle:
+        handle.write("".join(line + "\n" for line in kept))
+
+
+class ClassifierTrainer:
+    """Trains the invariant ensemble as a ``ClassifierConfig`` says, in a run folder (see the module documentation).
+
+    ``train_classifier(config, run_dir)`` is ``ClassifierTrainer(config, run_dir).fit()``; use the class to reach
+    the trained model in memory (``trainer.model``, on every rank) after ``fit``.
+
+    Args:
+        config: the recipe.
+        run_dir: the run folder (created if needed).
+        resume: continue from the run folder's checkpoint; with ``False`` an existing checkpoint is an error.
+    """
+
+    def __init__(self, config: ClassifierConfig, run_dir: str | os.PathLike[str], *, resume: bool = True) -> None:
+        if not isinstance(config, ClassifierConfig):
+            raise TypeError(f"`config` should be a ClassifierConfig, but got {type(config).__name__}.")
+        if not isinstance(resume, bool):
+            raise TypeError(f"`resume` should be a bool, but got {type(resume).__name__}.")
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.checkpoint_path = self.run_dir / "checkpoints" / "latest.safetensors"
+        self.final_path = self.run_dir / "final.safetensors"
+        self.stats_path = self.run_dir / "stats.jsonl"
+        #: the trained ensemble (unwrapped), set by ``fit``.
+        self.model: EnsembleClassifier | None = None
+        self.step = 0
+        self.train_seconds = 0.0
+        self.last_validation: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------- entry point
+    def fit(self) -> Path:
+        """Train (or resume, or just export a finished run); return the path of ``final.safetensors``.
+
+        Under torchrun, every process calls this; the process group is joined (and left) here unless the
+        caller already initialised one.
+
+        Raises:
+            ValueError: the run folder holds a run with another recipe, or ``resume=False`` and it holds a run,
+                or the data do not fit the recipe (too few images, class counts that differ).
+            FileNotFoundError: a data folder is missing or not in the expected layout; pretrained weights are
+                not on this machine.
+        """
+        config = self.config
+        previous_threads = torch.get_num_threads()
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        device = torch.device(config.device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        try:
+            with distributed_session(backend) as info:
+                self.info = info
+                self.device = device_for_rank(device, info)
+                if self.device.type == "cuda":
+                    torch.cuda.set_device(self.device)
+                forked = [self.device.index or 0] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=forked):
+                    # Every step of the setup that can fail on one rank only (a missing folder, a bad checkpoint)
+                    # runs before the first collective that not all ranks would reach.
+                    if config.download and config.backbone_weights is not None:
+                        # One download per machine; the other processes then find the file in the hub cache.
+                        with fail_together("downloading the backbone weights"):
+                            if info.local_rank == 0:
+                                load_torchvision_weights(config.backbone, config.backbone_weights, download=True)
+                    with fail_together("setting up the run"):
+                        self._setup()
+                    self.ddp: nn.Module = self.model
+                    if info.is_distributed:
+                        device_ids = [self.device.index] if self.device.type == "cuda" else None
+                        self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+                    return self._train()
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        config, info = self.config, self.info
+        configs = all_gather_objects(config.to_dict())
+        if any(other != configs[0] for other in configs):
+            raise ValueError("The processes of the job were given different configs; give every rank the same.")
+        if self.checkpoint_path.exists() and not self.resume:
+            raise ValueError(
+                f"{str(self.run_dir)!r} already holds a run (checkpoints/latest.safetensors); pass resume=True "
+                "to continue it or choose a new run folder."
+            )
+        batch, cf_batch = config.batch_size, config.cf_batch_size
+        for name, value in (("batch_size", batch), ("counterfactual images per step", cf_batch)):
+            if value % info.world_size:
+                raise ValueError(
+                    f"The {name} ({value}) should be divisible by the number of processes ({info.world_size}): "
+                    "every process takes an equal share of each step's images."
+                )
+        self.real = _image_folder(config.real_root, "real_root")
+        self.class_names = list(self.real.classes)
+        self.num_classes = len(self.class_names)
+        if len(self.real) < batch:
+            raise ValueError(f"`real_root` holds {len(self.real)} images, fewer than one batch (`batch_size` {batch}).")
+        self.counterfactual = self._counterfactual_dataset(config.counterfactual_root, "counterfactual_root")
+        num_cf = len(self.counterfactual) if self.counterfactual is not None else 0
+        self.schedule = _Schedule(len(self.real), num_cf, batch, cf_batch, config.seed)
+        self.total_steps = config.epochs * self.schedule.steps_per_epoch
+
+        # The initialisation draws from the global RNG (nn.init); seed it so the run depends on config.seed only.
+        torch.manual_seed(mix_seed(config.seed, _INIT_STREAM))
+        model = EnsembleClassifier(config.backbone, self.num_classes, frozen_bn=config.frozen_bn)
+        self.weights_description = "random init"
+        if config.backbone_weights is not None:
+            state, self.weights_description = load_torchvision_weights(
+                config.backbone,
+                config.backbone_weights,
+                download=config.download,
+                check_hash=config.check_hash,
+                progress=config.progress and info.is_main,
+            )
+            model.load_backbone_state(state)
+        self.model = model.to(self.device).train()
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        if self.checkpoint_path.exists():
+            self._load_state()
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.step == 0:
+                self.stats_path.unlink(missing_ok=True)
+            else:
+                _truncate_stats(self.stats_path, self.step)
+            with atomic_write(self.run_dir / "config.json", "w") as handle:
+                json.dump({"config": config.to_dict(), "resolved": self.resolved()}, handle, indent=2)
+                handle.write("\n")
+
+    def _counterfactual_dataset(self, root: str | None, arg: str) -> Any:
+        if root is None:
+            return None
+        from cfaug.datasets.counterfactual import SavedCounterfactualDataset
+
+        if not Path(root).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"`{arg}` folder {root!r} does not exist; it should be a dataset saved by `cfaug generate` "
+                "(manifest.json, labels.csv and images/ or shards/)."
+            )
+        dataset = SavedCounterfactualDataset(Path(root).expanduser(), target="all")
+        if dataset.manifest["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"The counterfactuals in {root!r} have {dataset.manifest['num_classes']} classes, but the real "
+                f"images in {self.config.real_root!r} have {self.num_classes} class folders; both must use the same "
+                "class indices (ImageNet: 1000 folders, sorted, as torchvision numbers them)."
+            )
+        return dataset
+
+    def resolved(self) -> dict[str, Any]:
+        """What the config resolved to on this machine; part of config.json and the exported checkpoint."""
+        import torchvision
+
+        return {
+            "num_classes": self.num_classes,
+            "real_images": len(self.real),
+            "counterfactual_images": len(self.counterfactual) if self.counterfactual is not None else 0,
+            "steps_per_epoch": self.schedule.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "cf_batch_size": self.config.cf_batch_size,
+            "processes": self.info.world_size,
+            "backbone_weights": self.weights_description,
+            "cfaug": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+        }
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _save_state(self) -> None:
+        if not self.info.is_main:
+            return
+        tensors = {f"model.{name}": tensor for name, tensor in self.model.state_dict().items()}
+        state = self.optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.state.{index}.{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        meta = {
+            "kind": STATE_KIND,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "config": self.config.to_dict(),
+            "optimizer": {"param_groups": json_ready(state["param_groups"]), "scalars": scalars},
+        }
+        save_checkpoint(self.checkpoint_path, tensors, meta)
+
+    def _load_state(self) -> None:
+        checkpoint = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        meta = checkpoint.meta
+        if meta.get("kind") != STATE_KIND:
+            raise CheckpointError(f"{str(self.checkpoint_path)!r} is not a classifier training state.")
+        saved = ClassifierConfig.from_dict(meta["config"])
+        differing = [
+            f.name
+            for f in dataclasses.fields(ClassifierConfig)
+            if f.name not in RESUMABLE_CLASSIFIER_FIELDS and getattr(saved, f.name) != getattr(self.config, f.name)
+        ]
+        if differing:
+            details = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(self.config, n)!r}" for n in differing)
+            raise ValueError(
+                f"The run folder holds a run with another recipe ({details}). Only "
+                f"{sorted(RESUMABLE_CLASSIFIER_FIELDS)} may change when resuming; use a new run folder."
+            )
+        model_state = {k.removeprefix("model."): v for k, v in checkpoint.state_dict.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state, strict=True)
+        optimizer_state: dict[int, dict[str, Any]] = {}
+        marker = "optimizer.state."
+        for name, tensor in checkpoint.state_dict.items():
+            if name.startswith(marker):
+                index, key = name[len(marker) :].split(".", 1)
+                optimizer_state.setdefault(int(index), {})[key] = tensor
+        for index, values in meta["optimizer"]["scalars"].items():
+            optimizer_state.setdefault(int(index), {}).update(values)
+        self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["optimizer"]["param_groups"]})
+        self.step = int(meta["step"])
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+
+    # ------------------------------------------------------------------------------------------------ training
+    def _loader(self) -> DataLoader:
+        transform = train_transform(self.config.image_size)
+        items = _TrainItems(self.real, self.counterfactual, transform)
+        sampler = _StepBatches(self.schedule, self.step, self.total_steps, self.info.rank, self.info.world_size)
+        return DataLoader(
+            items,
+            batch_sampler=sampler,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _train(self) -> Path:
+        from tqdm.auto import tqdm
+
+        config, info = self.config, self.info
+        if self.step >= self.total_steps:
+            return self._finish(export=not self.final_path.is_file())
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="classifier",
+            unit="step",
+            disable=not (config.progress and info.is_main),
+            dynamic_ncols=True,
+        )
+        real_share = config.batch_size // info.world_size
+        # Sums of the interval, kept on the device (no synchronisation per step): real loss, real hits, real
+        # images, counterfactual loss, hits of the shape, texture and background heads.
+        sums = torch.zeros(7, dtype=torch.float64, device=self.device)
+        interval_start, interval_steps = time.perf_counter(), 0
+        self.ddp.train()
+        with bar:
+            for images, labels in self._loader():
+                started = time.perf_counter()
+                if self.step == 0 and info.is_main:
+                    self._save_first_batch(images[:real_share], images[real_share:])
+                epoch = self.step // self.schedule.steps_per_epoch
+                for group in self.optimizer.param_groups:
+                    group["lr"] = config.lr * config.lr_gamma ** (epoch // config.lr_step_epochs)
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                sums += self._train_step(images, labels, real_share)
+                self.step += 1
+                self.train_seconds += time.perf_counter() - started
+                interval_steps += 1
+                bar.update(1)
+                end_of_epoch = self.step % self.schedule.steps_per_epoch == 0
+                if self.step % config.log_every == 0 or end_of_epoch:
+                    self._log(sums, interval_steps, time.perf_counter() - interval_start)
+                    sums.zero_()
+                    interval_start, interval_steps = time.perf_counter(), 0
+                if end_of_epoch:
+                    self._validate_and_log(self.step // self.schedule.steps_per_epoch)
+                    self.ddp.train()
+                if end_of_epoch or self.step % config.checkpoint_every == 0:
+                    self._save_state()
+        return self._finish()
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor, real_share: int) -> torch.Tensor:
+        """One optimiser step: the real batch, then the counterfactual batch, then SGD; return the sums to log."""
+        real_x, real_y = images[:real_share], labels[:real_share, 0]
+        cf_x, cf_y = images[real_share:], labels[real_share:]
+        has_cf = len(cf_x) > 0
+        # The first backward must not all-reduce the gradients yet: DDP sums them once, after the second.
+        first = self.ddp.no_sync() if has_cf and isinstance(self.ddp, nn.parallel.DistributedDataParallel) else None
+        with first if first is not None else contextlib.nullcontext():
+            out = self.ddp(real_x)
+            loss_real = F.cross_entropy(out["average"], real_y)
+            loss_real.backward()
+        stats = torch.zeros(7, dtype=torch.float64, device=self.device)
+        with torch.no_grad():
+            stats[0] = loss_real.detach() * len(real_x)
+            stats[1] = (out["average"].argmax(1) == real_y).sum()
+            stats[2] = len(real_x)
+        if has_cf:
+            out_cf = self.ddp(cf_x)
+            losses = [F.cross_entropy(out_cf[head], cf_y[:, k]) for k, head in enumerate(HEADS)]
+            loss_cf = losses[0] + losses[1] + losses[2]
+            loss_cf.backward()
+            with torch.no_grad():
+                stats[3] = loss_cf.detach() * len(cf_x)
+                for k, head in enumerate(HEADS):
+                    stats[4 + k] = (out_cf[head].argmax(1) == cf_y[:, k]).sum()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def _log(self, sums: torch.Tensor, steps: int, seconds: float) -> None:
+        config, info = self.config, self.info
+        totals = all_reduce_sum(sums.clone()).cpu()
+        real_images = float(totals[2])
+        cf_images = float(config.cf_batch_size * steps)
+        images_per_second = (config.batch_size + config.cf_batch_size) * steps / max(seconds, 1e-9)
+        record: dict[str, Any] = {
+            "step": self.step,
+            "epoch": round(self.step / self.schedule.steps_per_epoch, 4),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "loss_real": float(totals[0]) / max(real_images, 1.0),
+            "batch_top1_real_average": float(totals[1]) / max(real_images, 1.0),
+            "train_seconds": round(self.train_seconds, 3),
+            "img_per_s": round(images_per_second, 2),
+        }
+        if cf_images:
+            record["loss_counterfactual"] = float(totals[3]) / cf_images
+            for k, head in enumerate(HEADS):
+                record[f"batch_top1_cf_{head}"] = float(totals[4 + k]) / cf_images
+        if info.is_main:
+            with open(self.stats_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _save_first_batch(self, real: torch.Tensor, counterfactual: torch.Tensor) -> None:
+        """A picture of what the network sees: the first step's augmented images, de-normalised."""
+        from PIL import Image
+        from torchvision.utils import make_grid
+
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        rows = [part[:8] * std + mean for part in (real, counterfactual) if len(part)]
+        pictures = [make_grid(row.clamp(0, 1), nrow=8, padding=2, pad_value=1.0) for row in rows]
+        width = max(p.shape[2] for p in pictures)
+        canvas = torch.cat([F.pad(p, (0, width - p.shape[2]), value=1.0) for p in pictures], dim=1)
+        pixels = canvas.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        with atomic_write(self.run_dir / "samples" / "first-batch.png") as handle:
+            handle.write(buffer.getvalue())
+
+    # ---------------------------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def _evaluate(self, dataset: Any, outputs: tuple[str, ...], label_column: dict[str, int]) -> torch.Tensor:
+        """Top-1 and top-5 hits per output over this rank's share of ``dataset``, summed over the ranks."""
+        info = self.info
+        indices = list(range(info.rank, len(dataset), info.world_size))
+        items = _EvalItems(dataset, indices, eval_transform(self.config.image_size))
+        batch_size = max(1, 2 * self.config.batch_size // info.world_size)
+        loader = DataLoader(items, batch_size=batch_size, num_workers=self.config.num_workers)
+        counts = torch.zeros(len(outputs) * 2 + 1, dtype=torch.float64, device=self.device)
+        self.model.eval()
+        for images, labels in loader:
+            logits = self.model(images.to(self.device))
+            labels = labels.to(self.device)
+            for k, name in enumerate(outputs):
+                target = labels[:, label_column[name]]
+                top = logits[name].topk(min(5, logits[name].shape[1]), dim=1).indices
+                counts[2 * k] += (top[:, 0] == target).sum()
+                counts[2 * k + 1] += (top == target[:, None]).any(dim=1).sum()
+            counts[-1] += len(images)
+        return all_reduce_sum(counts).cpu()
+
+    def _validate_and_log(self, epoch: int) -> None:
+        config = self.config
+        record: dict[str, Any] = {}
+        if config.val_root is not None:
+            if not hasattr(self, "_val_real"):
+                self._val_real = _image_folder(config.val_root, "val_root")
+                if len(self._val_real.classes) != self.num_classes:
+                    raise ValueError(
+                        f"`val_root` has {len(self._val_real.classes)} class folders, `real_root` {self.num_classes}."
+                    )
+            counts = self._evaluate(self._val_real, OUTPUTS, dict.fromkeys(OUTPUTS, 0))
+            total = max(float(counts[-1]), 1.0)
+            for k, name in enumerate(OUTPUTS):
+                record[f"val_top1_{name}"] = float(counts[2 * k]) / total
+                record[f"val_top5_{name}"] = float(counts[2 * k + 1]) / total
+        if config.counterfactual_val_root is not None:
+            if not hasattr(self, "_val_cf"):
+                self._val_cf = self._counterfactual_dataset(config.counterfactual_val_root, "counterfactual_val_root")
+            counts = self._evaluate(self._val_cf, HEADS, {head: k for k, head in enumerate(HEADS)})
+            total = max(float(counts[-1]), 1.0)
+            for k, head in enumerate(HEADS):
+                record[f"cf_val_top1_{head}"] = float(counts[2 * k]) / total
+                record[f"cf_val_top5_{head}"] = float(counts[2 * k + 1]) / total
+        if not record:
+            return
+        self.last_validation = record
+        if self.info.is_main:
+            with open(self.stats_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": self.step, "epoch": epoch, **record}) + "\n")
+
+    # ------------------------------------------------------------------------------------------------- export
+    def _finish(self, export: bool = True) -> Path:
+        """Check the ranks agree, write final.safetensors (rank 0), and return its path on every rank."""
+        check_same_across_ranks(self.model)
+        with fail_together("exporting the classifier"):
+            if self.info.is_main and export:
+                exported = EnsembleClassifier(**self.model.arch_config())
+                exported.load_state_dict({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                save_classifier(
+                    exported,
+                    self.final_path,
+                    class_names=self.class_names,
+                    image_size=self.config.image_size,
+                    recipe={"config": self.config.to_dict(), "resolved": self.resolved()},
+                    training={"steps": self.step, "train_seconds": round(self.train_seconds, 1)},
+                    metrics=self.last_validation,
+                )
+        barrier()
+        self.model.eval()
+        return self.final_path
+
+
+def train_classifier(config: ClassifierConfig, run_dir: str | os.PathLike[str], *, resume: bool = True) -> Path:
+    """Train the invariant ensemble as ``config`` says, in ``run_dir``; return the exported checkpoint's path.
+
+    When ``run_dir/checkpoints/latest.safetensors`` exists, training continues from it (the config may differ only
+    in ``RESUMABLE_CLASSIFIER_FIELDS``, e.g. more ``epochs``) and computes bit for bit what the uninterrupted run
+    computes on the same hardware. Under torchrun every process calls this function with the same config.
+
+    Args:
+        config: the recipe.
+        run_dir: the run folder (see the module documentation for its layout).
+        resume: continue from the run folder's checkpoint; with ``False`` an existing checkpoint is an error.
+
+    Returns:
+        The path of ``final.safetensors``: load it with ``load_classifier``.
+
+    Raises:
+        ValueError, FileNotFoundError: see ``ClassifierTrainer.fit``.
+    """
+    return ClassifierTrainer(config, run_dir, resume=resume).fit()
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+# Options with their own flag: (flag, ClassifierConfig field, type, help).
+_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+    ("--counterfactual-root", "counterfactual_root", str, "a counterfactual dataset saved by `cfaug generate`"),
+    ("--val-root", "val_root", str, "ImageFolder of validation images (top-1/top-5 after each epoch)"),
+    ("--counterfactual-val-root", "counterfactual_val_root", str, "saved counterfactuals for per-head validation"),
+    ("--backbone", "backbone", str, "backbone architecture (default resnet50)"),
+    ("--epochs", "epochs", int, "passes over the real images (default 45)"),
+    ("--batch-size", "batch_size", int, "real images per step, all processes together (default 32)"),
+    ("--cf-ratio", "cf_ratio", float, "counterfactual images per real image (default 1.0)"),
+    ("--lr", "lr", float, "SGD learning rate (default 1e-3)"),
+    ("--image-size", "image_size", int, "crop size (default 224)"),
+    ("--seed", "seed", int, "run seed (default 0)"),
+    ("--device", "device", str, "torch device; cuda = each process's own GPU under torchrun (default cpu)"),
+    ("--num-workers", "num_workers", int, "DataLoader workers per process (default 4)"),
+    ("--num-threads", "num_threads", int, "torch CPU threads"),
+)
+
+
+def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``cfaug train classifier`` to ``parser`` and return it.
+
+    Examples:
+        >>> parser = add_train_classifier_arguments(argparse.ArgumentParser(prog="cfaug train classifier"))
+        >>> args = parser.parse_args(["--real-root", "in/train", "--run-dir", "runs/e", "--backbone-weights", "none"])
+        >>> config_from_args(args).backbone_weights is None
+        True
+    """
+    parser.add_argument("--real-root", required=True, help="ImageFolder of real training images (<root>/<class>/*)")
+    parser.add_argument("--run-dir", required=True, help="run folder (created; an existing run is resumed)")
+    for flag, field, kind, text in _FLAGS:
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    parser.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="torchvision weights name (default IMAGENET1K_V1), a weights file, or 'none' for a random backbone",
+    )
+    parser.add_argument("--download", action="store_true", help="download named backbone weights if not cached")
+    parser.add_argument(
+        "--no-frozen-bn", dest="frozen_bn", action="store_false", default=True, help="let BatchNorm statistics train"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set any ClassifierConfig field; VALUE is JSON (e.g. --set lr_step_epochs=10) or a string",
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
+    parser.add_argument(
+        "--no-resume", dest="resume", action="store_false", default=True, help="fail instead of resuming a run"
+    )
+    return parser
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    names = {f.name for f in dataclasses.fields(ClassifierConfig)}
+    if not sep or name not in names:
+        raise ValueError(f"`--set` should be FIELD=VALUE with FIELD one of {sorted(names)}, but got {text!r}.")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # a plain string such as a path
+    return name, value
+
+
+def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
+    """The ClassifierConfig that parsed ``cfaug train classifier`` arguments describe (flags, then ``--set``)."""
+    changes: dict[str, Any] = {
+        field: getattr(args, field) for _, field, _, _ in _FLAGS if getattr(args, field) is not None
+    }
+    if args.backbone_weights is not None:
+        changes["backbone_weights"] = None if args.backbone_weights.lower() == "none" else args.backbone_weights
+    changes.update(download=args.download, frozen_bn=args.frozen_bn, progress=args.progress)
+    changes.update(_parse_override(text) for text in args.overrides)
+    return ClassifierConfig(real_root=args.real_root, **changes)
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    """Run ``cfaug train classifier`` (in every torchrun process); rank 0 prints the exported checkpoint's path."""
+    trainer = ClassifierTrainer(config_from_args(args), args.run_dir, resume=args.resume)
+    final = trainer.fit()
+    if trainer.info.is_main:
+        print(f"Exported classifier: {final}")
+        print(f"Load it with: cfaug.training.classifier.load_classifier({str(final)!r})")
+    return 0
