@@ -1,13 +1,14 @@
-"""CounterfactualAugment in a torchvision v2 pipeline, in each place where it sees the label.
+"""CounterfactualAugment in a torchvision v2 pipeline: in each place where it sees the label, and where it does not.
 
-A counterfactual keeps the label as its shape class, so the transform must see ``(image, label)``. This script
-shows the four places where it does (the dataset's joint ``transforms=``, a ``collate_fn``, the batch after the
-DataLoader, and the kornia twin on a batch), what happens in the one place where it does not (``transform=``),
-and how to read back what was applied.
+A label-aware counterfactual keeps the label as its shape class, so the transform must see ``(image, label)``.
+This script shows the four places where it does (the dataset's joint ``transforms=``, a ``collate_fn``, the batch
+after the DataLoader, and the kornia twin on a batch), the one place where it does not (``transform=``), where
+the shipped weights' mask estimator keeps the real digit's shape instead, and how to read back what was applied.
 
 Usage:
+    python examples/augment_pipeline.py --data-root data --download   # the shipped colored_mnist weights
     python examples/augment_pipeline.py --weights runs/colored_mnist/final.safetensors --data-root data
-    python examples/augment_pipeline.py --quick --data-root data   # seconds; random weights when none ship
+    python examples/augment_pipeline.py --quick --data-root data      # seconds
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import add_common_arguments, load_mnist_backend, pick_device
+from _common import add_common_arguments, pick_device
 from torch.utils.data import DataLoader, default_collate
 from torchvision.datasets import MNIST
 from torchvision.transforms import v2
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     torch.manual_seed(0)
-    backend = load_mnist_backend(args.weights, args.quick)
+    backend = cfaug.load_backend("mnist", weights=args.weights)  # None: the shipped colored_mnist weights
     batches = 1 if args.quick else 20
 
     # --8<-- [start:compose]
@@ -66,14 +67,17 @@ def main() -> None:
     # --8<-- [end:compose]
 
     # --8<-- [start:image-only]
-    # MNIST(transform=...) and ImageFolder(transform=...) call the transform with the image alone. Without
-    # the label the transform can only keep the real object's shape through the backend's mask estimator;
-    # a backend without one raises an error that lists the placements above and below.
-    mnist = MNIST(args.data_root, train=True, transform=v2.Compose([v2.ToImage(), augment]))
+    # MNIST(transform=...) and ImageFolder(transform=...) call the transform with the image alone. Without the
+    # label the transform keeps the real digit's shape, estimated by the mask estimator that ships with the
+    # weights, and swaps its texture and background for generated ones (image-only mode).
+    image_only = cfaug.CounterfactualAugment(backend, p=1.0, grayscale_to_rgb=True)  # plain MNIST is grayscale
+    mnist = MNIST(args.data_root, train=True, transform=v2.Compose([v2.ToImage(), image_only]))
     try:
-        mnist[0]
-    except ValueError as error:
+        image, label = mnist[0]
+    except ValueError as error:  # weights without a mask estimator, e.g. a fresh train_cgn.py checkpoint
         print("transform= (image only):", str(error).splitlines()[0])
+    else:
+        print(f"transform= (image only): MNIST digit {label} kept its shape, now {tuple(image.shape)} in colour")
     # --8<-- [end:image-only]
 
     # --8<-- [start:collate]

@@ -4,8 +4,8 @@ Generating on the fly (``CounterfactualAugment``) costs generator time in every 
 once: item ``i`` depends only on ``(seed, i)``, the files are verified by sha256 when read, and an interrupted
 save resumes where it stopped.
 
-Usage:
-    python examples/counterfactual_dataset.py --weights W --data-root data --out cf_colored_mnist --size 20000
+Usage (the shipped colored_mnist weights unless ``--weights`` names others or a checkpoint):
+    python examples/counterfactual_dataset.py --data-root data --download --out cf_colored_mnist --size 20000
     python examples/counterfactual_dataset.py --quick --data-root data --out /tmp/cf_quick
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from _common import add_common_arguments, load_mnist_backend
+from _common import add_common_arguments
 from torch.utils.data import DataLoader
 
 import cfaug
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    backend = load_mnist_backend(args.weights, args.quick)
+    backend = cfaug.load_backend("mnist", weights=args.weights)
     size = 64 if args.quick else args.size
 
     # --8<-- [start:generate]

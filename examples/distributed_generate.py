@@ -4,8 +4,8 @@ Item ``i`` of a ``CounterfactualDataset`` depends only on ``(seed, i)``, so the 
 to agree on the data: each saves its own range into the same folder, and the ranges together make exactly the
 dataset a single process would have saved. Rank 0 merges the ranges once all are written and checks the result.
 
-Usage:
-    torchrun --nproc_per_node=4 examples/distributed_generate.py --weights W --out cf_colored_mnist --size 100000
+Usage (the shipped colored_mnist weights unless ``--weights`` names others or a checkpoint):
+    torchrun --nproc_per_node=4 examples/distributed_generate.py --out cf_colored_mnist --size 100000
     torchrun --nproc_per_node=2 examples/distributed_generate.py --quick --out /tmp/cf_distributed
     python examples/distributed_generate.py --quick --out /tmp/cf_single   # one process works too
 """
@@ -18,7 +18,7 @@ import os
 
 import torch
 import torch.distributed as dist
-from _common import add_common_arguments, load_mnist_backend
+from _common import add_common_arguments
 
 import cfaug
 
@@ -46,7 +46,7 @@ def main() -> None:
     else:
         device, workers = torch.device("cpu"), args.workers
 
-    backend = load_mnist_backend(args.weights, args.quick).to(device)
+    backend = cfaug.load_backend("mnist", weights=args.weights).to(device)
     dataset = cfaug.CounterfactualDataset(backend, size=size, seed=0)  # the same on every rank
     per_rank = math.ceil(size / world_size)
     start, stop = rank * per_rank, min(size, (rank + 1) * per_rank)

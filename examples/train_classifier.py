@@ -6,9 +6,9 @@ counterfactuals (the digit's shape with a texture and background of random class
 no longer predicts the label, so the classifier has to learn shape. The loop below is an ordinary PyTorch loop;
 the counterfactuals take two lines.
 
-Usage:
-    python examples/train_classifier.py --weights W --data-root data --counterfactual-p 0     # baseline
-    python examples/train_classifier.py --weights W --data-root data --counterfactual-p 0.5  # with counterfactuals
+Usage (the shipped colored_mnist weights unless ``--weights`` names others or a checkpoint):
+    python examples/train_classifier.py --data-root data --download --counterfactual-p 0   # baseline
+    python examples/train_classifier.py --data-root data --counterfactual-p 0.5            # with counterfactuals
     python examples/train_classifier.py --quick --data-root data
 """
 
@@ -18,7 +18,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from _common import add_common_arguments, load_mnist_backend, pick_device
+from _common import add_common_arguments, pick_device
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
@@ -69,7 +69,7 @@ def main() -> None:
     args = build_parser().parse_args()
     torch.manual_seed(args.seed)
     device = pick_device()
-    backend = load_mnist_backend(args.weights, args.quick)
+    backend = cfaug.load_backend("mnist", weights=args.weights)
     train_set = ColoredMNIST(args.data_root, train=True, download=args.download)
     test_set = ColoredMNIST(args.data_root, train=False)  # colours drawn at random: shape is all that is left
     if args.quick:
