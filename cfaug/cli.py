@@ -2,7 +2,7 @@
 
 Bad arguments end with exit code 2 and a one-line message on stderr, as argparse does for parse errors.
 
-``generate`` and ``train classifier`` also run under torchrun, one process per device
+``generate``, ``train imagenet`` and ``train classifier`` also run under torchrun, one process per device
 (``torchrun --nproc_per_node=4 -m cfaug.cli generate ...``): every process runs the same command and takes its
 share of the work (see ``cfaug.distributed``).
 """

@@ -1,13 +1,38 @@
-"""The paper's evaluations: the MNIST classifier experiment of Table 2 (``cfaug evaluate mnist``).
+"""The paper's evaluations: MNIST's Table 2, and the shape bias and Backgrounds Challenge of ImageNet classifiers.
+
+``cfaug evaluate mnist`` runs the classifier experiment of Table 2 (``cfaug.evaluation.mnist``); ``cfaug evaluate
+imagenet`` the shape bias (Table 3) and the Backgrounds Challenge (Table 4) of an ImageNet classifier
+(``cfaug.evaluation.imagenet``). ``train_classifier`` here is the MNIST experiment's small CNN; the ImageNet
+classifier ensemble is trained with ``cfaug.training.train_classifier``.
 
 Examples:
     >>> from cfaug.evaluation import format_table2, run_table2
     >>> results = run_table2("colored_mnist", {"authors": "colored_mnist.pth"}, data_root="data")  # doctest: +SKIP
     >>> print(format_table2(results))  # doctest: +SKIP
+    >>> from cfaug.evaluation import format_shape_bias, load_evaluation_model, shape_bias
+    >>> model = load_evaluation_model(classifier="runs/ensemble/final.safetensors")  # doctest: +SKIP
+    >>> stimuli = "texture-vs-shape/stimuli/style-transfer-preprocessed-512"
+    >>> print(format_shape_bias(shape_bias(model, stimuli)))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from cfaug.evaluation.imagenet import (
+    BACKGROUND_VARIANTS,
+    DEFAULT_BACKGROUND_VARIANTS,
+    GEIRHOS_16_CATEGORIES,
+    IN9_CLASSES,
+    CueConflictStimuli,
+    EvaluationModel,
+    add_evaluate_imagenet_arguments,
+    backgrounds_challenge,
+    format_backgrounds,
+    format_shape_bias,
+    load_evaluation_model,
+    load_in9_mapping,
+    run_evaluate_imagenet,
+    shape_bias,
+)
 from cfaug.evaluation.mnist import (
     PAPER_TABLE2,
     SETTINGS,
@@ -27,18 +52,32 @@ from cfaug.evaluation.mnist import (
 )
 
 __all__ = [
+    "BACKGROUND_VARIANTS",
+    "DEFAULT_BACKGROUND_VARIANTS",
+    "GEIRHOS_16_CATEGORIES",
+    "IN9_CLASSES",
     "PAPER_TABLE2",
     "SETTINGS",
     "VARIANTS",
+    "CueConflictStimuli",
+    "EvaluationModel",
     "ShapeClassifier",
+    "add_evaluate_imagenet_arguments",
     "add_evaluate_mnist_arguments",
+    "backgrounds_challenge",
     "evaluate_classifier",
+    "format_backgrounds",
+    "format_shape_bias",
     "format_table2",
     "generate_counterfactuals",
     "load_counterfactual_backend",
+    "load_evaluation_model",
+    "load_in9_mapping",
     "make_datasets",
+    "run_evaluate_imagenet",
     "run_evaluate_mnist",
     "run_table2",
+    "shape_bias",
     "train_classifier",
     "visible_digits",
     "weights_from_args",

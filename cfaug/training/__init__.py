@@ -1,29 +1,86 @@
-"""Training the CGN's mechanisms: the config-driven MNIST CGN recipe.
+"""Training the CGN's mechanisms and the paper's classifiers, each as one config-driven, resumable function.
+
+* ``train_cgn_mnist`` (``TrainConfig``, ``get_preset``): the MNIST CGN of the ``mnist`` backend;
+* ``train_cgn_imagenet`` (``ImageNetTrainConfig``, ``get_imagenet_preset``): the ImageNet CGN of the ``biggan``
+  backend, three fine-tuned BigGAN copies and a frozen U2-Net (``cfaug.training.imagenet``);
+* ``train_classifier`` (``ClassifierConfig``): the invariant shape/texture/background classifier ensemble on
+  ImageNet and counterfactuals (``cfaug.training.classifier``).
+
+The ImageNet and classifier trainings also run under ``torchrun`` (one process per device).
 
 Examples:
     >>> from cfaug.training import get_preset, train_cgn_mnist
     >>> config = get_preset("colored_mnist", data_root="data")  # doctest: +SKIP
     >>> final = train_cgn_mnist(config, "runs/colored_mnist")  # doctest: +SKIP
+    >>> from cfaug.training import get_imagenet_preset, train_cgn_imagenet
+    >>> config = get_imagenet_preset("authors", biggan="weights/biggan-deep-256", device="cuda")  # doctest: +SKIP
+    >>> final = train_cgn_imagenet(config, "runs/imagenet")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+# None of these modules imports torchvision or pytorch_pretrained_biggan when it is imported (only when a network is
+# built), so importing cfaug.training stays cheap.
+from cfaug.training.classifier import (
+    RESUMABLE_CLASSIFIER_FIELDS,
+    ClassifierConfig,
+    ClassifierTrainer,
+    EnsembleClassifier,
+    WeightsUnavailableError,
+    add_train_classifier_arguments,
+    list_backbones,
+    load_classifier,
+    run_train_classifier,
+    save_classifier,
+    train_classifier,
+)
 from cfaug.training.cli import add_train_mnist_arguments, run_train_mnist
 from cfaug.training.config import AUTHORS_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, get_preset
 from cfaug.training.features import FeatureNetworkError, build_feature_network
+from cfaug.training.imagenet import (
+    IMAGENET_PRESETS,
+    IMAGENET_RESUMABLE_FIELDS,
+    ImageNetTrainConfig,
+    ImageNetTrainer,
+    add_train_imagenet_arguments,
+    get_imagenet_preset,
+    run_train_imagenet,
+    train_cgn_imagenet,
+)
+from cfaug.training.imagenet_losses import ImageNetCGNLoss
 from cfaug.training.mnist import train_cgn_mnist
 from cfaug.training.monitor import MaskCollapseError
 
 __all__ = [
     "AUTHORS_PRESETS",
+    "IMAGENET_PRESETS",
+    "IMAGENET_RESUMABLE_FIELDS",
     "PRESETS",
+    "RESUMABLE_CLASSIFIER_FIELDS",
     "RESUMABLE_FIELDS",
+    "ClassifierConfig",
+    "ClassifierTrainer",
+    "EnsembleClassifier",
     "FeatureNetworkError",
+    "ImageNetCGNLoss",
+    "ImageNetTrainConfig",
+    "ImageNetTrainer",
     "MaskCollapseError",
     "TrainConfig",
+    "WeightsUnavailableError",
+    "add_train_classifier_arguments",
+    "add_train_imagenet_arguments",
     "add_train_mnist_arguments",
     "build_feature_network",
+    "get_imagenet_preset",
     "get_preset",
+    "list_backbones",
+    "load_classifier",
+    "run_train_classifier",
+    "run_train_imagenet",
     "run_train_mnist",
+    "save_classifier",
+    "train_cgn_imagenet",
     "train_cgn_mnist",
+    "train_classifier",
 ]
