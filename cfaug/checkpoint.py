@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,15 @@ from safetensors.torch import save as _safetensors_bytes
 from cfaug._utils import atomic_write
 from cfaug.version import __version__
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_torch_state_dict",
+    "save_checkpoint",
+    "state_dict_problems",
+]
 
 FORMAT_VERSION = 1
 _META_KEY = "cfaug"
@@ -111,3 +120,59 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"<= {FORMAT_VERSION}. Upgrade with: pip install -U cfaug"
         )
     return Checkpoint(state_dict=state_dict, meta=meta)
+
+
+# ------------------------------------------------------------------------------ other projects' state dicts
+def load_torch_state_dict(path: str | os.PathLike[str], what: str = "a PyTorch state dict") -> dict[str, torch.Tensor]:
+    """Read another project's ``.pth`` state dict without unpickling arbitrary objects.
+
+    ``torch.load(weights_only=True)`` refuses anything but tensors and plain containers. A ``module.`` prefix on
+    every key (files saved from ``nn.DataParallel`` or DDP) is removed.
+
+    Args:
+        path: the file.
+        what: how the messages name the expected content, e.g. ``"the authors' MNIST CGN state dict"``.
+
+    Raises:
+        CheckpointError: the file does not load that way, or does not hold a mapping of names to tensors.
+    """
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or unsafe pickle can fail anywhere in the unpickler; report all alike
+        raise CheckpointError(
+            f"{str(path)!r} is not {what} that loads with torch.load(weights_only=True): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise CheckpointError(
+            f"{str(path)!r} should hold {what} (names to tensors), but holds {type(loaded).__name__}."
+        )
+    state = dict(loaded)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def state_dict_problems(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], shown: int = 8
+) -> list[str]:
+    """How ``state`` differs from ``expected``: missing keys, unexpected keys and shape mismatches, a line each.
+
+    Returns an empty list when the keys and shapes match, so ``load_state_dict(strict=True)`` will succeed.
+    Each line names at most ``shown`` keys and counts the rest.
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f" and {len(items) - shown} more" if len(items) > shown else ""
+            problems.append(f"{len(items)} {title}: {items[:shown]}{more}")
+    return problems

@@ -541,13 +541,13 @@ class NotATensor:
 def test_import_rejects_files_that_are_not_state_dicts(tmp_path):
     (tmp_path / "garbage.pth").write_bytes(b"this is not a checkpoint")
     (tmp_path / "garbage.cfg.yaml").write_text(yaml.safe_dump(AUTHORS_CONFIG))
-    with pytest.raises(CheckpointError, match="is not a PyTorch state dict"):
+    with pytest.raises(CheckpointError, match="is not the authors' MNIST CGN state dict that loads"):
         MnistBackend.import_weights(tmp_path / "garbage.pth")
     source = write_authors_files(tmp_path, [torch.zeros(1)], AUTHORS_CONFIG, name="list")
-    with pytest.raises(CheckpointError, match="should hold a state dict .* but it holds list"):
+    with pytest.raises(CheckpointError, match=r"MNIST CGN state dict \(names to tensors\), but holds list"):
         MnistBackend.import_weights(source)
     source = write_authors_files(tmp_path, {"label_emb.weight": 3}, AUTHORS_CONFIG, name="ints")
-    with pytest.raises(CheckpointError, match="should hold a state dict"):
+    with pytest.raises(CheckpointError, match="should hold the authors' MNIST CGN state dict"):
         MnistBackend.import_weights(source)
     # weights_only=True refuses arbitrary pickled objects instead of running their code.
     source = write_authors_files(tmp_path, {"model": NotATensor()}, AUTHORS_CONFIG, name="pickle")

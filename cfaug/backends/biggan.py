@@ -49,7 +49,7 @@ from torch import nn
 
 from cfaug._utils import atomic_write, check_positive_int, require, sha256_file, verify_str_arg
 from cfaug.backends.base import Backend
-from cfaug.checkpoint import Checkpoint, CheckpointError
+from cfaug.checkpoint import Checkpoint, CheckpointError, load_torch_state_dict, state_dict_problems
 from cfaug.hub import Weights
 from cfaug.seeding import mix_seed
 
@@ -360,53 +360,6 @@ def build_biggan(config: str | Mapping[str, Any], seed: int | None = None) -> nn
     return model
 
 
-def _load_plain_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt file can fail anywhere in the unpickler; report all alike
-        raise CheckpointError(
-            f"{str(path)!r} is not {what} that loads with torch.load(weights_only=True): "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise CheckpointError(
-            f"{str(path)!r} should hold {what} (names to tensors), but holds {type(loaded).__name__}."
-        )
-    state = dict(loaded)
-    # Checkpoints saved from (Distributed)DataParallel prefix every key with "module.".
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def _state_dict_problems(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], shown: int = 6
-) -> list[str]:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-
-    def listing(title: str, items: list[str]) -> str:
-        more = f" and {len(items) - shown} more" if len(items) > shown else ""
-        return f"{len(items)} {title}: {items[:shown]}{more}"
-
-    return [
-        listing(title, items)
-        for title, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", mismatched),
-        )
-        if items
-    ]
-
-
 def load_biggan(source: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> nn.Module:
     """Load a pretrained BigGAN-deep, checking every tensor (the package itself loads with ``strict=False``).
 
@@ -455,8 +408,8 @@ def load_biggan(source: str | os.PathLike[str], cache_dir: str | os.PathLike[str
                 )
     config = resolve_biggan_config(config_file)
     model = ppb.BigGAN(ppb.BigGANConfig.from_dict(copy.deepcopy(config)))
-    state = _load_plain_state_dict(weights_file, "a BigGAN state dict")
-    problems = _state_dict_problems(state, model.state_dict())
+    state = load_torch_state_dict(weights_file, "a BigGAN state dict")
+    problems = state_dict_problems(state, model.state_dict())
     if problems:
         raise CheckpointError(
             f"The BigGAN weights {str(weights_file)!r} do not match their config {str(config_file)!r}: "
@@ -766,7 +719,7 @@ class BigGANBackend(Backend):
         if not source.is_file():
             raise FileNotFoundError(f"`source` should be the authors' cgn.pth, but {str(source)!r} does not exist.")
         biggan_config = resolve_biggan_config("biggan-deep-256" if config is None else config)
-        state = _load_plain_state_dict(source, "the authors' ImageNet CGN state dict")
+        state = load_torch_state_dict(source, "the authors' ImageNet CGN state dict")
         groups: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in state.items():
             prefix, _, rest = key.partition(".")
@@ -784,7 +737,7 @@ class BigGANBackend(Backend):
         report = []
         for name in (*_MECHANISM_MODULES, _AUTHORS_GT_MODULE):
             if name in groups:
-                report += [f"{name}: {p}" for p in _state_dict_problems(groups[name], reference)]
+                report += [f"{name}: {p}" for p in state_dict_problems(groups[name], reference)]
         report += [f"u2net: {p}" for p in u2net_problems]
         if report:
             raise CheckpointError(
@@ -822,7 +775,7 @@ def _recognise_u2net(state: Mapping[str, torch.Tensor]) -> tuple[str | None, lis
     u2net = _u2net_module()
     candidates = []
     for variant in U2NET_VARIANTS:
-        problems = _state_dict_problems(state, _shapes_only(lambda v=variant: u2net.U2Net(v)))
+        problems = state_dict_problems(state, _shapes_only(lambda v=variant: u2net.U2Net(v)))
         if not problems:
             return variant, []
         # Each problem line starts with its count; the variant with the fewest differences is the likeliest intent.

@@ -41,7 +41,7 @@ from torch import nn
 
 from cfaug._utils import check_positive_int, sha256_file, verify_str_arg
 from cfaug.backends.base import Backend
-from cfaug.checkpoint import Checkpoint, CheckpointError
+from cfaug.checkpoint import Checkpoint, CheckpointError, load_torch_state_dict, state_dict_problems
 from cfaug.hub import Weights
 from cfaug.seeding import per_sample_normal, per_sample_randint
 
@@ -884,7 +884,7 @@ class MnistBackend(Backend):
         config_path = _find_authors_config(source, config)
         authors_config = _read_authors_config(config_path)
         model_config = authors_config["MODEL"]
-        state_dict = _load_authors_state_dict(source)
+        state_dict = load_torch_state_dict(source, "the authors' MNIST CGN state dict")
 
         model = cls(
             num_classes=_config_int(model_config, "N_CLASSES", config_path),
@@ -963,50 +963,10 @@ def _config_int(section: Mapping[str, Any], key: str, path: Path) -> int:
     return value
 
 
-def _load_authors_state_dict(source: Path) -> dict[str, torch.Tensor]:
-    try:
-        loaded = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt file can fail anywhere in the unpickler; report them all alike
-        raise CheckpointError(
-            f"{str(source)!r} is not a PyTorch state dict that loads with weights_only=True: "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise CheckpointError(
-            f"{str(source)!r} should hold a state dict (a mapping of names to tensors), but it holds "
-            f"{type(loaded).__name__}."
-        )
-    state = dict(loaded)
-    # Checkpoints saved from nn.DataParallel prefix every key with "module.".
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def _check_state_dict(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: Path, shown: int = 8
-) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if not (missing or unexpected or mismatched):
+def _check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: Path) -> None:
+    problems = state_dict_problems(state, expected)
+    if not problems:
         return
-
-    def listing(title: str, items: list[str]) -> str:
-        more = f" and {len(items) - shown} more" if len(items) > shown else ""
-        return f"{len(items)} {title}: {items[:shown]}{more}"
-
-    problems = [
-        listing(t, i)
-        for t, i in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
-        if i
-    ]
     raise CheckpointError(
         f"{str(source)!r} does not match the authors' MNIST CGN architecture of the given config: "
         + "; ".join(problems)

@@ -45,7 +45,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import require, sha256_file, verify_str_arg
-from cfaug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cfaug.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_torch_state_dict,
+    save_checkpoint,
+    state_dict_problems,
+)
 from cfaug.hub import Weights, resolve_weights
 
 __all__ = [
@@ -376,24 +382,7 @@ def _read_state_dict(path: Path, variant: str) -> tuple[dict[str, torch.Tensor],
                 f"Use build_u2net({stored!r}, weights=...)."
             )
         return checkpoint.state_dict, meta.get("provenance")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a corrupt or unsafe pickle can fail anywhere in the unpickler; report all alike
-        raise CheckpointError(
-            f"{str(path)!r} is neither a cfaug checkpoint nor a PyTorch state dict that loads with "
-            f"weights_only=True: {type(error).__name__}: {error}"
-        ) from error
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise CheckpointError(
-            f"{str(path)!r} should hold a U2-Net state dict (a mapping of names to tensors), but it holds "
-            f"{type(loaded).__name__}."
-        )
-    state = dict(loaded)
-    if state and all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state, None
+    return load_torch_state_dict(path, "a U2-Net state dict or a cfaug checkpoint"), None
 
 
 def _load_checked(model: U2Net, state: Mapping[str, torch.Tensor], source: Path | str, shown: int = 8) -> None:
@@ -404,28 +393,8 @@ def _load_checked(model: U2Net, state: Mapping[str, torch.Tensor], source: Path 
     for key in expected:
         if key.endswith(".num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-
-        def listing(title: str, items: list[str]) -> str:
-            more = f" and {len(items) - shown} more" if len(items) > shown else ""
-            return f"{len(items)} {title}: {items[:shown]}{more}"
-
-        problems = [
-            listing(title, items)
-            for title, items in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if items
-        ]
+    problems = state_dict_problems(state, expected, shown)
+    if problems:
         raise CheckpointError(
             f"{str(source)!r} does not match U2-Net variant {model.variant!r}: "
             + "; ".join(problems)

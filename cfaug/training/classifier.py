@@ -84,6 +84,7 @@ from cfaug.distributed import (
     fail_together,
 )
 from cfaug.seeding import mix_seed
+from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
 from cfaug.training.config import json_ready
 from cfaug.version import __version__
 
@@ -1195,7 +1196,7 @@ def train_classifier(config: ClassifierConfig, run_dir: str | os.PathLike[str], 
 
 # -------------------------------------------------------------------------------------------------------- CLI
 # Options with their own flag: (flag, ClassifierConfig field, type, help).
-_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+_FLAGS: tuple[Flag, ...] = (
     ("--counterfactual-root", "counterfactual_root", str, "a counterfactual dataset saved by `cfaug generate`"),
     ("--val-root", "val_root", str, "ImageFolder of validation images (top-1/top-5 after each epoch)"),
     ("--counterfactual-val-root", "counterfactual_val_root", str, "saved counterfactuals for per-head validation"),
@@ -1223,8 +1224,7 @@ def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.
     """
     parser.add_argument("--real-root", required=True, help="ImageFolder of real training images (<root>/<class>/*)")
     parser.add_argument("--run-dir", required=True, help="run folder (created; an existing run is resumed)")
-    for flag, field, kind, text in _FLAGS:
-        parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    add_config_flags(parser, _FLAGS)
     parser.add_argument(
         "--backbone-weights",
         default=None,
@@ -1234,42 +1234,16 @@ def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.
     parser.add_argument(
         "--no-frozen-bn", dest="frozen_bn", action="store_false", default=True, help="let BatchNorm statistics train"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="set any ClassifierConfig field; VALUE is JSON (e.g. --set lr_step_epochs=10) or a string",
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
-    parser.add_argument(
-        "--no-resume", dest="resume", action="store_false", default=True, help="fail instead of resuming a run"
-    )
+    add_run_options(parser, "ClassifierConfig", "lr_step_epochs=10")
     return parser
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    name, sep, raw = text.partition("=")
-    names = {f.name for f in dataclasses.fields(ClassifierConfig)}
-    if not sep or name not in names:
-        raise ValueError(f"`--set` should be FIELD=VALUE with FIELD one of {sorted(names)}, but got {text!r}.")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a plain string such as a path
-    return name, value
 
 
 def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
     """The ClassifierConfig that parsed ``cfaug train classifier`` arguments describe (flags, then ``--set``)."""
-    changes: dict[str, Any] = {
-        field: getattr(args, field) for _, field, _, _ in _FLAGS if getattr(args, field) is not None
-    }
+    extra: dict[str, Any] = {"download": args.download, "frozen_bn": args.frozen_bn}
     if args.backbone_weights is not None:
-        changes["backbone_weights"] = None if args.backbone_weights.lower() == "none" else args.backbone_weights
-    changes.update(download=args.download, frozen_bn=args.frozen_bn, progress=args.progress)
-    changes.update(_parse_override(text) for text in args.overrides)
+        extra["backbone_weights"] = None if args.backbone_weights.lower() == "none" else args.backbone_weights
+    changes = config_changes(args, _FLAGS, ClassifierConfig, extra, lists_as_tuples=False)
     return ClassifierConfig(real_root=args.real_root, **changes)
 
 

@@ -8,16 +8,15 @@ Bad values raise ``ValueError`` or ``TypeError`` with a message naming the optio
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 from typing import Any
 
+from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes, parse_override
 from cfaug.training.config import COLLAPSE_ACTIONS, VARIANTS, TrainConfig, get_preset
 
 __all__ = ["add_train_mnist_arguments", "config_from_args", "run_train_mnist"]
 
 # Options with their own flag: (flag, TrainConfig field, type, help).
-_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+_FLAGS: tuple[Flag, ...] = (
     ("--data-root", "data_root", str, "folder holding torchvision's MNIST/ (default: the preset's, 'data')"),
     ("--texture-root", "texture_root", str, "Wildlife MNIST texture folder (default: built-in procedural textures)"),
     ("--steps", "steps", int, "iterations (default: the preset's)"),
@@ -47,8 +46,7 @@ def add_train_mnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         default="ours",
         help="our preset (default) or the CGN authors' original recipe",
     )
-    for flag, field, kind, text in _FLAGS:
-        parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    add_config_flags(parser, _FLAGS)
     parser.add_argument(
         "--collapse-action",
         dest="collapse_action",
@@ -56,48 +54,18 @@ def add_train_mnist_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
         default=None,
         help="on mask collapse: raise (stop), warn or log (default: the preset's)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="set any TrainConfig field; VALUE is JSON (e.g. --set mask_area=[0.05,0.4]) or a string",
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
-    parser.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        default=True,
-        help="fail instead of resuming when the run folder already holds a run",
-    )
+    add_run_options(parser, "TrainConfig", "mask_area=[0.05,0.4]")
     return parser
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
-    name, sep, raw = text.partition("=")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if not sep or name not in names:
-        raise ValueError(f"`--set` should be FIELD=VALUE with FIELD one of {sorted(names)}, but got {text!r}.")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a plain string such as a path
-    if isinstance(value, list):
-        value = tuple(value)
-    return name, value
+    return parse_override(text, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig that parsed ``cfaug train mnist`` arguments describe (preset, flags, then ``--set``)."""
-    changes: dict[str, Any] = {
-        field: getattr(args, field) for _, field, _, _ in _FLAGS if getattr(args, field) is not None
-    }
-    if args.collapse_action is not None:
-        changes["collapse_action"] = args.collapse_action
-    changes["progress"] = args.progress
-    changes.update(_parse_override(text) for text in args.overrides)
+    extra = {} if args.collapse_action is None else {"collapse_action": args.collapse_action}
+    changes = config_changes(args, _FLAGS, TrainConfig, extra)
     return get_preset(args.variant, args.recipe, **changes)
 
 

@@ -62,10 +62,17 @@ from cfaug.backends.biggan import (
 from cfaug.checkpoint import load_checkpoint, save_checkpoint
 from cfaug.functional import composite
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
+from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
 from cfaug.training.config import json_ready
 from cfaug.training.features import VGG16_LAYER_INDICES, build_feature_network
 from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
-from cfaug.training.mnist import _deferred_interrupt, _flatten_optimizer, _truncate_stats, _unflatten_optimizer
+from cfaug.training.mnist import (
+    _check_resumable,
+    _deferred_interrupt,
+    _flatten_optimizer,
+    _truncate_stats,
+    _unflatten_optimizer,
+)
 from cfaug.version import __version__
 
 __all__ = [
@@ -356,20 +363,6 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) / 2).clamp(0, 1)
 
 
-def _check_resumable(saved: ImageNetTrainConfig, wanted: ImageNetTrainConfig) -> None:
-    differing = [
-        f.name
-        for f in dataclasses.fields(ImageNetTrainConfig)
-        if f.name not in IMAGENET_RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(wanted, f.name)
-    ]
-    if differing:
-        details = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(wanted, n)!r}" for n in differing)
-        raise ValueError(
-            f"The run folder holds a run with another recipe ({details}). Only {sorted(IMAGENET_RESUMABLE_FIELDS)} "
-            "may change when resuming; use a new run folder for a new recipe."
-        )
-
-
 # ------------------------------------------------------------------------------------------------ trainer
 class ImageNetTrainer:
     """One ImageNet CGN training run: networks, optimisers, counters; ``run()`` trains to ``config.steps``.
@@ -460,7 +453,7 @@ class ImageNetTrainer:
                     f"{str(self.checkpoint_path)!r} is not a training state written by train_cgn_imagenet "
                     f"(kind {meta.get('kind')!r}, expected {CHECKPOINT_KIND!r})."
                 )
-            _check_resumable(ImageNetTrainConfig.from_dict(meta["config"]), config)
+            _check_resumable(ImageNetTrainConfig.from_dict(meta["config"]), config, IMAGENET_RESUMABLE_FIELDS)
             # A resumed run takes every network from its checkpoint: the pretrained files need not be at hand.
             biggan_config = check_biggan_config(meta["biggan_config"])
             self.ground_truth = build_biggan(biggan_config, seed=0)
@@ -871,7 +864,7 @@ def train_cgn_imagenet(config: ImageNetTrainConfig, run_dir: str | os.PathLike[s
 
 # -------------------------------------------------------------------------------------------------- CLI
 # Options with their own flag: (flag, config field, type, help).
-_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
+_FLAGS: tuple[Flag, ...] = (
     ("--biggan", "biggan", str, "pretrained BigGAN: a folder with config.json + pytorch_model.bin, or a name"),
     ("--u2net", "u2net", str, f"U2-Net variant, one of {list(U2NET_VARIANTS)} (default u2net)"),
     ("--u2net-weights", "u2net_weights", str, "U2-Net weights: official name (u2net, u2netp) or a file"),
@@ -903,47 +896,14 @@ def add_train_imagenet_arguments(parser: argparse.ArgumentParser) -> argparse.Ar
         default="authors",
         help="authors: the values of the authors' code (default); paper: the paper's where they differ",
     )
-    for flag, name, kind, text in _FLAGS:
-        parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="set any ImageNetTrainConfig field; VALUE is JSON (e.g. --set mask_interval=[0.1,0.9]) or a string",
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
-    parser.add_argument(
-        "--no-resume",
-        dest="resume",
-        action="store_false",
-        default=True,
-        help="fail instead of resuming when the run folder already holds a run",
-    )
+    add_config_flags(parser, _FLAGS)
+    add_run_options(parser, "ImageNetTrainConfig", "mask_interval=[0.1,0.9]")
     return parser
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    name, sep, raw = text.partition("=")
-    names = {f.name for f in dataclasses.fields(ImageNetTrainConfig)}
-    if not sep or name not in names:
-        raise ValueError(f"`--set` should be FIELD=VALUE with FIELD one of {sorted(names)}, but got {text!r}.")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw  # a plain string such as a path
-    if isinstance(value, list):
-        value = tuple(value)
-    return name, value
 
 
 def config_from_args(args: argparse.Namespace) -> ImageNetTrainConfig:
     """The config that parsed ``cfaug train imagenet`` arguments describe (preset, flags, then ``--set``)."""
-    changes: dict[str, Any] = {name: getattr(args, name) for _, name, _, _ in _FLAGS if getattr(args, name) is not None}
-    changes["progress"] = args.progress
-    changes.update(_parse_override(text) for text in args.overrides)
-    return get_imagenet_preset(args.preset, **changes)
+    return get_imagenet_preset(args.preset, **config_changes(args, _FLAGS, ImageNetTrainConfig))
 
 
 def run_train_imagenet(args: argparse.Namespace) -> int:

@@ -202,16 +202,17 @@ def _ema_beta(config: TrainConfig, images_seen: int) -> float:
     return 0.5 ** (config.batch_size / max(half_life, 1e-8))
 
 
-def _check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
+def _check_resumable(saved: Any, wanted: Any, resumable: frozenset[str] = RESUMABLE_FIELDS) -> None:
+    """Raise when two configs (dataclasses of one type) differ in a field outside ``resumable``."""
     differing = [
         f.name
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(wanted, f.name)
+        for f in dataclasses.fields(type(saved))
+        if f.name not in resumable and getattr(saved, f.name) != getattr(wanted, f.name)
     ]
     if differing:
         details = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(wanted, n)!r}" for n in differing)
         raise ValueError(
-            f"The run folder holds a run with another recipe ({details}). Only {sorted(RESUMABLE_FIELDS)} may "
+            f"The run folder holds a run with another recipe ({details}). Only {sorted(resumable)} may "
             "change when resuming; use a new run folder for a new recipe."
         )
 
