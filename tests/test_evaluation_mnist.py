@@ -24,6 +24,7 @@ from cfaug.evaluation import (
     load_counterfactual_backend,
     run_evaluate_mnist,
     run_table2,
+    split_tensors,
     train_classifier,
     visible_digits,
 )
@@ -135,6 +136,29 @@ def test_training_is_deterministic_per_seed_and_learns(mnist_root):
     # On the biased training split the colour gives the label away: 100 small steps already beat chance (10%).
     learnt = train_classifier(train, None, epochs=10, batch_size=10, seed=5)
     assert evaluate_classifier(learnt, train)["accuracy"] > 0.4
+
+
+def test_split_tensors_match_the_dataset(mnist_root):
+    dataset = DoubleColoredMNIST(mnist_root, train=True, target="all")
+    images, digits = split_tensors(dataset, batch_size=7)
+    expected_images, expected_targets = dataset.batch(range(len(dataset)))
+    assert torch.equal(images, expected_images) and torch.equal(digits, expected_targets[:, 0])
+    first_images, first_digits = split_tensors(dataset, limit=9)
+    assert torch.equal(first_images, images[:9]) and torch.equal(first_digits, digits[:9])
+    with pytest.raises(ValueError, match="`limit`"):
+        split_tensors(dataset, limit=0)
+
+
+def test_training_on_a_dataset_equals_training_on_its_tensors(mnist_root, cgn_checkpoint):
+    # run_table2 composes the split once and reuses its tensors; that must not change a single weight.
+    train = ColoredMNIST(mnist_root, train=True)
+    counterfactuals = generate_counterfactuals(load_counterfactual_backend(cgn_checkpoint), 30, seed=1)
+    options = dict(epochs=2, seed=4, batch_size=16, max_real=70)
+    from_dataset = train_classifier(train, counterfactuals, **options).state_dict()
+    from_tensors = train_classifier(split_tensors(train), counterfactuals, **options).state_dict()
+    assert all(torch.equal(from_dataset[key], from_tensors[key]) for key in from_dataset)
+    fewer = train_classifier(split_tensors(train), counterfactuals, **{**options, "max_real": 60}).state_dict()
+    assert not all(torch.equal(fewer[key], from_tensors[key]) for key in fewer)
 
 
 def test_training_rejects_no_data():
