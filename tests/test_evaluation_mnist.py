@@ -186,6 +186,29 @@ def test_run_table2_writes_results_and_grid(mnist_root, cgn_checkpoint, tmp_path
         assert grid.size[0] > 10 * 32 and grid.mode == "RGB"
 
 
+def test_run_table2_keeps_finished_runs_when_interrupted(mnist_root, cgn_checkpoint, tmp_path, monkeypatch):
+    import cfaug.evaluation.mnist as module
+
+    evaluate = module.evaluate_classifier
+    calls = []
+
+    def evaluate_then_stop(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # the second run is stopped, as a wall-clock limit would
+        calls.append(1)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate_classifier", evaluate_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _run(mnist_root, cgn_checkpoint, tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["complete"] is False and saved["config"]["device"] == "cpu"
+    assert [(run["setting"], run["weights"]) for run in saved["runs"]] == [("original", None)]
+    assert saved["summary"]["original"]["ours"]["accuracy"]["n"] == 1
+    monkeypatch.setattr(module, "evaluate_classifier", evaluate)
+    assert _run(mnist_root, cgn_checkpoint, tmp_path)["complete"] is True
+
+
 def test_run_table2_same_seed_same_accuracy(mnist_root, cgn_checkpoint, tmp_path):
     options = dict(settings=("cf",), num_counterfactuals=20)
     first = _run(mnist_root, cgn_checkpoint, tmp_path / "a", **options)["runs"]

@@ -476,7 +476,8 @@ def run_table2(
 
     The ``"original"`` setting does not use a CGN: it runs once per seed and is shared by all weights columns.
     Each set of weights generates its counterfactuals once per seed (``num_counterfactuals`` images), used by both
-    ``"original+cf"`` and ``"cf"``. Accuracies are on the de-biased test split.
+    ``"original+cf"`` and ``"cf"``. Accuracies are on the de-biased test split. ``results.json`` is rewritten after
+    every finished run (``"complete": false`` until the last), so an interrupted experiment keeps what it measured.
 
     Args:
         variant: one of ``VARIANTS``.
@@ -496,9 +497,9 @@ def run_table2(
         progress: show progress bars.
 
     Returns:
-        The content of ``results.json``: ``variant``, ``config``, ``runs`` (one record per setting, weights and
-        seed; ``weights`` is ``None`` for ``"original"``), ``summary`` (setting -> column -> accuracy statistics
-        in %) and ``paper``.
+        The content of ``results.json``: ``variant``, ``complete``, ``config`` (with the ``device``), ``runs``
+        (one record per setting, weights and seed; ``weights`` is ``None`` for ``"original"``), ``summary``
+        (setting -> column -> accuracy statistics in %), ``paper`` and ``grids``.
 
     Raises:
         TypeError, ValueError: an argument has the wrong type or value (the message names it).
@@ -522,6 +523,34 @@ def run_table2(
     train_options = {"epochs": epochs, "batch_size": batch_size, "max_real": max_train_images, "device": device}
     runs: list[dict[str, Any]] = []
 
+    grids: dict[str, str] = {}
+
+    def save(complete: bool) -> dict[str, Any]:
+        results = {
+            "variant": variant,
+            "complete": complete,
+            "config": {
+                "settings": list(settings),
+                "seeds": list(seeds),
+                "epochs": epochs,
+                "num_counterfactuals": num_counterfactuals,
+                "batch_size": batch_size,
+                "max_train_images": max_train_images,
+                "dataset_seed": dataset_seed,
+                "num_test_images": len(test_set),
+                "weights": {name: _describe_weights(source) for name, source in weights.items()},
+                "texture_root": None if texture_root is None else str(texture_root),
+                "device": str(device),
+            },
+            "runs": runs,
+            "summary": _summarise(runs, settings, list(weights)),
+            "paper": PAPER_TABLE2[variant],
+            "grids": grids,
+        }
+        with atomic_write(out / "results.json", "w") as handle:
+            json.dump(results, handle, indent=2, allow_nan=True)
+        return results
+
     train_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def record(setting: str, name: str | None, seed: int, counterfactuals: Any = None) -> None:
@@ -538,8 +567,8 @@ def run_table2(
         metrics = evaluate_classifier(model, test_set, device=device)
         seconds = round(time.perf_counter() - started, 2)
         runs.append({"setting": setting, "weights": name, "seed": seed, **metrics, "seconds": seconds})
+        save(complete=False)  # an interrupted experiment keeps every run it finished
 
-    grids: dict[str, str] = {}
     backends: dict[str, Backend] = {}
     for seed in tqdm(seeds, desc=f"{variant} seeds", disable=not progress):
         if "original" in settings:
@@ -559,28 +588,7 @@ def run_table2(
                 if setting in settings:
                     record(setting, name, seed, counterfactuals)
 
-    results = {
-        "variant": variant,
-        "config": {
-            "settings": list(settings),
-            "seeds": list(seeds),
-            "epochs": epochs,
-            "num_counterfactuals": num_counterfactuals,
-            "batch_size": batch_size,
-            "max_train_images": max_train_images,
-            "dataset_seed": dataset_seed,
-            "num_test_images": len(test_set),
-            "weights": {name: _describe_weights(source) for name, source in weights.items()},
-            "texture_root": None if texture_root is None else str(texture_root),
-        },
-        "runs": runs,
-        "summary": _summarise(runs, settings, list(weights)),
-        "paper": PAPER_TABLE2[variant],
-        "grids": grids,
-    }
-    with atomic_write(out / "results.json", "w") as handle:
-        json.dump(results, handle, indent=2, allow_nan=True)
-    return results
+    return save(complete=True)
 
 
 def _describe_weights(source: Any) -> str:
