@@ -13,21 +13,27 @@ On the CPU one epoch over 50,000 images takes one to two minutes per thread; the
     python benchmarks/mnist_table2.py --authors-dir ../shared/data/reference_cgn_mnist --data-root ../shared/data \
         --texture-root ../shared/data/wildlife_textures --seeds 0 --epochs 2 --num-counterfactuals 10000
 
+Seeds and columns can run in separate processes (or machines) and be merged afterwards: ``--merge`` reads their
+``results.json`` files, prints one table per variant and, with ``--merged-out``, saves the merged results.
+
 Usage:
     python benchmarks/mnist_table2.py [--variants V ...] [--weights NAME=PATH_TEMPLATE ...] [--authors-dir DIR]
         [--seeds 0 1 2] [--epochs 10] [--num-counterfactuals 50000] [--data-root DIR] [--texture-root DIR]
+    python benchmarks/mnist_table2.py --merge runs/*/*/results.json [--merged-out merged.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-from cfaug.evaluation import SETTINGS, VARIANTS, format_table2, run_table2
+from cfaug._utils import atomic_write
+from cfaug.evaluation import SETTINGS, VARIANTS, format_table2, merge_table2, run_table2
 from cfaug.evaluation.mnist import parse_named_weights
 
 
@@ -57,12 +63,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bars")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=None, metavar="RESULTS", help="merge these results.json files instead"
+    )
+    parser.add_argument("--merged-out", type=Path, default=None, help="with --merge: save {variant: merged results}")
     return parser
+
+
+def merge(paths: list[Path], out: Path | None) -> int:
+    """Print one merged table per variant of the ``results.json`` files (in the order given); optionally save."""
+    by_variant: dict[str, list[dict]] = {}
+    for path in paths:
+        part = json.loads(path.read_text(encoding="utf-8"))
+        by_variant.setdefault(part["variant"], []).append(part)
+    merged = {variant: merge_table2(parts) for variant, parts in by_variant.items()}
+    for variant in VARIANTS:
+        if variant in merged:
+            print(format_table2(merged[variant]) + "\n")
+    if out is not None:
+        with atomic_write(out, "w") as handle:
+            json.dump(merged, handle, indent=2, allow_nan=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the experiment for every chosen variant and print one table each."""
     args = build_parser().parse_args(argv)
+    if args.merge is not None:
+        return merge(args.merge, args.merged_out)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     machine = platform.processor() or platform.machine()

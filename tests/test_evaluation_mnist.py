@@ -22,6 +22,7 @@ from cfaug.evaluation import (
     format_table2,
     generate_counterfactuals,
     load_counterfactual_backend,
+    merge_table2,
     run_evaluate_mnist,
     run_table2,
     split_tensors,
@@ -209,6 +210,50 @@ def test_run_table2_keeps_finished_runs_when_interrupted(mnist_root, cgn_checkpo
     assert _run(mnist_root, cgn_checkpoint, tmp_path)["complete"] is True
 
 
+def test_merge_table2_joins_seeds_and_columns_run_apart(mnist_root, cgn_checkpoint, tmp_path):
+    options = dict(settings=("original", "cf"), num_counterfactuals=20)
+    both = _run(mnist_root, cgn_checkpoint, tmp_path / "both", seeds=(0, 1), **options)
+    seed0 = _run(mnist_root, cgn_checkpoint, tmp_path / "s0", seeds=(0,), **options)
+    seed1 = json.loads(json.dumps(_run(mnist_root, cgn_checkpoint, tmp_path / "s1", seeds=(1,), **options)))
+    merged = merge_table2([seed0, seed1])
+    assert merged["runs"] == [{**run, "seconds": merged["runs"][i]["seconds"]} for i, run in enumerate(both["runs"])]
+    assert merged["summary"] == both["summary"] and merged["config"]["seeds"] == [0, 1] and merged["complete"]
+    # A column with another number of counterfactuals (run apart) joins as its own column.
+    more = _run(
+        mnist_root,
+        cgn_checkpoint,
+        tmp_path / "more",
+        settings=("cf",),
+        num_counterfactuals=40,
+        weights={"ours-40": cgn_checkpoint},
+    )
+    merged = merge_table2([seed0, seed1, more])
+    assert merged["config"]["num_counterfactuals"] == {"ours": 20, "ours-40": 40}
+    assert merged["summary"]["cf"]["ours-40"]["accuracy"]["n"] == 1
+    assert merged["summary"]["cf"]["ours"]["accuracy"]["n"] == 2
+    assert "ours: 20 counterfactuals, ours-40: 40 counterfactuals" in format_table2(merged)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda part: part.update(variant="wildlife_mnist"), "should all be 'colored_mnist'"),
+        (lambda part: part["config"].update(epochs=3), "should share 'epochs'"),
+        (lambda part: part["config"]["weights"].update(ours="other.safetensors"), "one set of weights"),
+        (lambda part: part["runs"][0].update(accuracy=0.5), "should agree on every run"),
+        (lambda part: part.pop("runs"), "lacks \\['runs'\\]"),
+    ],
+)
+def test_merge_table2_rejects_parts_that_do_not_fit(mnist_root, cgn_checkpoint, tmp_path, change, message):
+    part = _run(mnist_root, cgn_checkpoint, tmp_path, settings=("original",))
+    other = json.loads(json.dumps(part))
+    change(other)
+    with pytest.raises(ValueError, match=message):
+        merge_table2([part, other])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_table2([])
+
+
 def test_run_table2_same_seed_same_accuracy(mnist_root, cgn_checkpoint, tmp_path):
     options = dict(settings=("cf",), num_counterfactuals=20)
     first = _run(mnist_root, cgn_checkpoint, tmp_path / "a", **options)["runs"]
@@ -336,3 +381,19 @@ def test_cli_rejects_authors_dir_without_the_file(mnist_root, tmp_path):
         run_evaluate_mnist(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["colored_mnist", "--out-dir", "x", "--weights", "no-equals-sign"])
+
+
+def test_benchmark_script_merges_results_files(mnist_root, cgn_checkpoint, tmp_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "mnist_table2.py"
+    spec = importlib.util.spec_from_file_location("mnist_table2_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for seed in (0, 1):
+        _run(mnist_root, cgn_checkpoint, tmp_path / f"s{seed}", seeds=(seed,), settings=("original",))
+    files = [str(tmp_path / f"s{seed}" / "results.json") for seed in (0, 1)]
+    assert module.main(["--merge", *files, "--merged-out", str(tmp_path / "merged.json")]) == 0
+    assert "**colored_mnist**: 1 epochs, seeds [0, 1]" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["colored_mnist"]["summary"]["original"]["ours"]["accuracy"]["n"] == 2

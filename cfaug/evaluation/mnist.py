@@ -56,6 +56,7 @@ __all__ = [
     "generate_counterfactuals",
     "load_counterfactual_backend",
     "make_datasets",
+    "merge_table2",
     "parse_named_weights",
     "run_evaluate_mnist",
     "run_table2",
@@ -591,6 +592,91 @@ def run_table2(
     return save(complete=True)
 
 
+_MERGED_CONFIG_KEYS = ("epochs", "batch_size", "max_train_images", "dataset_seed", "num_test_images", "texture_root")
+
+
+def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One variant's results from several ``run_table2`` calls (seeds or columns run in parallel), as one.
+
+    The parts must share the protocol (epochs, batch size, real images, dataset seed, test split, textures) and
+    give each weights name the same weights; a (setting, weights, seed) measured twice must agree. Columns may use
+    different numbers of counterfactuals: ``config["num_counterfactuals"]`` then maps each column to its number.
+
+    Args:
+        parts: ``run_table2`` results (or their ``results.json``, loaded), all of one variant.
+
+    Returns:
+        A ``run_table2``-shaped result over the union of seeds, settings, columns and runs (``complete`` only if
+        every part is), which ``format_table2`` prints.
+
+    Raises:
+        ValueError: no parts, parts of different variants or protocols, or conflicting runs (the message says which).
+
+    Examples:
+        >>> seeds = [json.loads(Path(f"t2/s{seed}/colored_mnist/results.json").read_text()) for seed in range(3)]
+        ... # doctest: +SKIP
+        >>> print(format_table2(merge_table2(seeds)))  # doctest: +SKIP
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("`parts` should hold at least one run_table2 result, but it is empty.")
+    for index, part in enumerate(parts):
+        missing = {"variant", "config", "runs"} - set(part)
+        if missing:
+            raise ValueError(f"`parts[{index}]` should be run_table2's output, but it lacks {sorted(missing)}.")
+    first = parts[0]
+    variant = first["variant"]
+    runs: dict[tuple[str, str | None, int], dict[str, Any]] = {}
+    weights: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    settings: list[str] = []
+    for index, part in enumerate(parts):
+        config = part["config"]
+        if part["variant"] != variant:
+            raise ValueError(f"`parts` should all be {variant!r}, but parts[{index}] is {part['variant']!r}.")
+        for key in _MERGED_CONFIG_KEYS:
+            if config.get(key) != first["config"].get(key):
+                raise ValueError(
+                    f"`parts` should share {key!r}, but parts[0] has {first['config'].get(key)!r} and parts[{index}] "
+                    f"has {config.get(key)!r}."
+                )
+        for name, description in config["weights"].items():
+            if weights.setdefault(name, description) != description:
+                raise ValueError(
+                    f"`parts` should give column {name!r} one set of weights, but parts[{index}] uses {description!r} "
+                    f"and an earlier part {weights[name]!r}."
+                )
+            counts[name] = config["num_counterfactuals"]
+        settings += [setting for setting in config["settings"] if setting not in settings]
+        for run in part["runs"]:
+            key = (run["setting"], run["weights"], run["seed"])
+            if key in runs and runs[key]["accuracy"] != run["accuracy"]:
+                raise ValueError(
+                    f"`parts` should agree on every run, but {key} has accuracy {runs[key]['accuracy']} and "
+                    f"{run['accuracy']} (parts[{index}])."
+                )
+            runs[key] = dict(run)
+    merged_runs = sorted(runs.values(), key=lambda run: (run["seed"], SETTINGS.index(run["setting"])))
+    settings = [setting for setting in SETTINGS if setting in settings]
+    config = {key: first["config"].get(key) for key in _MERGED_CONFIG_KEYS}
+    config.update(
+        settings=settings,
+        seeds=sorted({run["seed"] for run in merged_runs}),
+        num_counterfactuals=next(iter(counts.values())) if len(set(counts.values())) == 1 else counts,
+        weights=weights,
+        device=sorted({str(part["config"].get("device")) for part in parts}),
+    )
+    return {
+        "variant": variant,
+        "complete": all(part.get("complete", True) for part in parts),
+        "config": config,
+        "runs": merged_runs,
+        "summary": _summarise(merged_runs, settings, list(weights)),
+        "paper": PAPER_TABLE2[variant],
+        "grids": {name: grid for part in parts for name, grid in part.get("grids", {}).items()},
+    }
+
+
 def _describe_weights(source: Any) -> str:
     return f"{type(source).__name__}:{source.weights_name}" if isinstance(source, Backend) else str(source)
 
@@ -614,6 +700,12 @@ def _cell(stats: Mapping[str, Any]) -> str:
     if not stats["n"]:
         return "–"
     return f"{stats['mean']:.1f}" if stats["std"] is None else f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+
+
+def _counterfactual_counts(counts: int | Mapping[str, int]) -> str:
+    if isinstance(counts, Mapping):
+        return ", ".join(f"{name}: {count:,} counterfactuals" for name, count in counts.items())
+    return f"{counts:,} counterfactuals"
 
 
 def format_table2(results: Mapping[str, Any]) -> str:
@@ -646,7 +738,7 @@ def format_table2(results: Mapping[str, Any]) -> str:
     header.append("paper (test %)")
     lines = [
         f"**{results['variant']}**: {config['epochs']} epochs, seeds {config['seeds']}, "
-        f"{config['num_counterfactuals']} counterfactuals, {config['num_test_images']} test images",
+        f"{_counterfactual_counts(config['num_counterfactuals'])}, {config['num_test_images']} test images",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
