@@ -103,6 +103,7 @@ class Backend(nn.Module, abc.ABC):
         class_names: one name per class.
         image_size: side of the square images the mechanisms produce.
         channels: channels of foreground, background and composite.
+        provenance: for weights imported from another code base, their source; ``None`` otherwise.
     """
 
     name: ClassVar[str] = ""
@@ -121,6 +122,8 @@ class Backend(nn.Module, abc.ABC):
         #: name or path of the weights this instance was loaded from, and the file's sha256.
         self.weights_name: str | None = None
         self.weights_sha256: str | None = None
+        #: where imported weights came from (source file, its sha256, the foreign config); ``save`` stores it.
+        self.provenance: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------------------- mechanisms
     @abc.abstractmethod
@@ -248,8 +251,8 @@ class Backend(nn.Module, abc.ABC):
         """JSON-serialisable constructor arguments that rebuild this architecture."""
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        """Metadata written next to the tensors by ``save``."""
-        return {
+        """Metadata written next to the tensors by ``save``, with the provenance of imported weights if any."""
+        meta = {
             "backend": self.name,
             "arch": self.arch_config(),
             "class_names": list(self.class_names),
@@ -257,6 +260,9 @@ class Backend(nn.Module, abc.ABC):
             "channels": self.channels,
             "value_range": [0.0, 1.0],
         }
+        if self.provenance is not None:
+            meta["provenance"] = self.provenance
+        return meta
 
     def save(self, path: str | os.PathLike[str], **meta: Any) -> None:
         """Write the backend as a cfaug checkpoint; ``meta`` adds e.g. ``recipe`` and ``metrics``."""
@@ -264,7 +270,7 @@ class Backend(nn.Module, abc.ABC):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, **overrides: Any) -> Backend:
-        """Build the architecture described by ``checkpoint`` and load its tensors (strictly)."""
+        """Build the architecture described by ``checkpoint``, load its tensors (strictly), restore its provenance."""
         meta = checkpoint.meta
         if meta.get("backend") != cls.name:
             raise CheckpointError(
@@ -273,6 +279,7 @@ class Backend(nn.Module, abc.ABC):
             )
         model = cls(**{**meta.get("arch", {}), **overrides})
         model.load_state_dict(checkpoint.state_dict, strict=True)
+        model.provenance = meta.get("provenance")
         return model
 
     @classmethod

@@ -49,7 +49,7 @@ from torch import nn
 
 from cfaug._utils import atomic_write, check_positive_int, require, sha256_file, verify_str_arg
 from cfaug.backends.base import Backend
-from cfaug.checkpoint import Checkpoint, CheckpointError, load_torch_state_dict, state_dict_problems
+from cfaug.checkpoint import CheckpointError, load_torch_state_dict, state_dict_problems
 from cfaug.hub import Weights
 from cfaug.seeding import mix_seed
 
@@ -508,7 +508,6 @@ class BigGANBackend(Backend):
         self.autocast = autocast
         self.max_batch = max_batch
         #: where imported weights came from (source file, sha256); saved by ``save``.
-        self.provenance: dict[str, Any] | None = None
         self.f_shape = build_biggan(config)
         self.f_text = build_biggan(config)
         self.f_bg = build_biggan(config)
@@ -643,20 +642,6 @@ class BigGANBackend(Backend):
         if self._custom_class_names:
             arch["class_names"] = list(self.class_names)
         return arch
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        """Metadata for ``save``, with the provenance of imported weights when there is one."""
-        meta = super().checkpoint_meta()
-        if self.provenance is not None:
-            meta["provenance"] = self.provenance
-        return meta
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, **overrides: Any) -> BigGANBackend:
-        """Build the architecture described by ``checkpoint``, load its tensors and restore its provenance."""
-        model = super().from_checkpoint(checkpoint, **overrides)
-        model.provenance = checkpoint.meta.get("provenance")
-        return model
 
     @classmethod
     def from_biggan(

@@ -504,7 +504,6 @@ class MnistBackend(Backend):
         self.fast_path = fast_path
         self.micro_batch = micro_batch
         #: where imported weights came from (source file, sha256, the authors' config); saved by ``save``.
-        self.provenance: dict[str, Any] | None = None
 
         init_size = image_size // 4
         in_features = latent_dim + num_classes
@@ -832,20 +831,11 @@ class MnistBackend(Backend):
         return masks.to(device=images.device, dtype=images.dtype)
 
     # --------------------------------------------------------------------------------- persistence
-    def checkpoint_meta(self) -> dict[str, Any]:
-        """Metadata for ``save``, with the provenance of imported weights when there is one."""
-        meta = super().checkpoint_meta()
-        if self.provenance is not None:
-            meta["provenance"] = self.provenance
-        return meta
-
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, **overrides: Any) -> MnistBackend:
-        """Build the architecture described by ``checkpoint``, load its tensors and restore its provenance."""
+        """Build the architecture described by ``checkpoint`` and load its tensors; skips the initialisation."""
         overrides.setdefault("init_type", "default")  # the weights are overwritten anyway
-        model = super().from_checkpoint(checkpoint, **overrides)
-        model.provenance = checkpoint.meta.get("provenance")
-        return model
+        return super().from_checkpoint(checkpoint, **overrides)
 
     @classmethod
     def import_weights(
