@@ -27,6 +27,8 @@ from cfaug.training.mask_estimator import add_train_mask_estimator_arguments, ru
 __all__ = ["build_parser", "main"]
 
 #: Errors that mean "the user asked for something invalid"; anything else is a bug and keeps its traceback.
+#: ``cfaug generate``'s batch on a GPU when ``--batch-size`` is not given (one item per call keeps a GPU idle).
+GPU_GENERATION_BATCH = 32
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotImplementedError, BackendImportError, ImportError)
 
 
@@ -101,6 +103,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             stop=args.stop,
             chunk_size=args.chunk_size,
             num_workers=args.workers,
+            batch_size=args.batch_size or (GPU_GENERATION_BATCH if device.type == "cuda" else 1),
             verify=info.is_distributed,
         )
     stop = args.size if args.stop is None else args.stop
@@ -165,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=256,
         help="items per chunk, the unit of resuming and of splitting (default 256)",
+    )
+    generate.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"items per generator call (default: {GPU_GENERATION_BATCH} on a GPU, 1 on the CPU)",
     )
     generate.add_argument(
         "--device", default="cpu", help="where to generate; cuda = each process's own GPU under torchrun (default cpu)"

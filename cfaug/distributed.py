@@ -323,6 +323,7 @@ def save_counterfactuals_distributed(
     stop: int | None = None,
     chunk_size: int = 256,
     num_workers: int = 0,
+    batch_size: int = 1,
     progress: bool = True,
     verify: bool = True,
 ) -> DistributedSaveResult:
@@ -342,6 +343,7 @@ def save_counterfactuals_distributed(
         stop: one past the last index; ``len(dataset)`` when ``None``.
         chunk_size: items per chunk (see ``CounterfactualDataset.save``).
         num_workers: DataLoader workers per rank (0 with a GPU).
+        batch_size: items generated per backend call (see ``CounterfactualDataset.save``; 32-64 on a GPU).
         progress: show rank 0's progress bar.
         verify: hash every file once the dataset is complete (rank 0).
 
@@ -373,6 +375,7 @@ def save_counterfactuals_distributed(
                 stop=hi,
                 chunk_size=chunk_size,
                 num_workers=num_workers,
+                batch_size=batch_size,
                 progress=progress and info.is_main,
             )
     # Whichever save completes the last missing range merges the manifest; after the step above (a collective,

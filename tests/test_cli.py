@@ -72,7 +72,7 @@ def test_generate_writes_a_loadable_dataset_in_two_ranges(tmp_path, capsys):
     common = ["generate", "--out", str(root), "--size", "12", "--backend", "toy", "--seed", "3"]
     assert main([*common, "--start", "6"]) == 0
     assert "partial" in capsys.readouterr().out
-    assert main([*common, "--stop", "6", "--format", "png"]) == 0
+    assert main([*common, "--stop", "6", "--format", "png", "--batch-size", "4"]) == 0
     assert "complete" in capsys.readouterr().out
     saved = CounterfactualDataset.load(root)
     fresh = CounterfactualDataset("toy", size=12, seed=3, target="all")

@@ -280,6 +280,35 @@ def test_save_with_workers_writes_the_same_files(tmp_path):
     assert tree(tmp_path / "a") == tree(tmp_path / "b")
 
 
+def test_batched_save_cuts_batches_on_a_fixed_grid(tmp_path):
+    data = CounterfactualDataset(ConvToyBackend(), size=13, seed=6, target="all")
+    calls = []
+    sample = data.backend.sample
+
+    def counted(shape, *args, **kwargs):
+        calls.append(len(shape))
+        return sample(shape, *args, **kwargs)
+
+    data.backend.sample = counted
+    data.save(tmp_path / "whole", "safetensors", chunk_size=5, batch_size=4, progress=False)
+    # Chunks [0,5) [5,10) [10,13), cut again at multiples of 4.
+    assert calls == [4, 1, 3, 2, 2, 1]
+    # Two ranges split on the chunk grid give the very same batches, hence the very same bytes.
+    data.save(tmp_path / "split", "safetensors", chunk_size=5, batch_size=4, stop=5, progress=False)
+    data.save(tmp_path / "split", "safetensors", chunk_size=5, batch_size=4, start=5, progress=False)
+    # parts/ is the bookkeeping of the ranges saved; everything else must be equal.
+    whole, split = tree(tmp_path / "whole"), tree(tmp_path / "split")
+    assert {name: data for name, data in whole.items() if not name.startswith("parts/")} == {
+        name: data for name, data in split.items() if not name.startswith("parts/")
+    }
+    # Against one item per call, only the summation order of the convolutions differs: one 8-bit level at most.
+    data.save(tmp_path / "single", "safetensors", chunk_size=5, progress=False)
+    batched, single = SavedCounterfactualDataset(tmp_path / "whole"), SavedCounterfactualDataset(tmp_path / "single")
+    for i in range(13):
+        assert (batched[i][0] - single[i][0]).abs().max() <= 1 / 255 + 1e-6
+        assert batched[i][1] == single[i][1]
+
+
 def test_save_shows_progress(tmp_path, capsys):
     CounterfactualDataset("toy", size=9).save(tmp_path, chunk_size=4, progress=True)
     assert "9/9" in capsys.readouterr().err
@@ -415,6 +444,7 @@ def test_resuming_in_another_format_is_refused(tmp_path):
         ({"chunk_size": 0}, ValueError, "`chunk_size`"),
         ({"num_workers": -1}, ValueError, "`num_workers`"),
         ({"num_workers": 1.5}, TypeError, "`num_workers`"),
+        ({"batch_size": 0}, ValueError, "`batch_size`"),
     ],
 )
 def test_bad_save_arguments(tmp_path, kwargs, error, match):
