@@ -5,6 +5,8 @@ from independent classes and their composite: ``backend.sample``. Rows:
 
 * ``cfaug``: ``backend.sample`` at batch 1 and, on a GPU, at doubling batch sizes up to ``--max-batch`` (or the
   first out-of-memory); the best batch is marked. With ``--autocast`` the GPU rows are repeated under autocast;
+* ``CounterfactualDataset.save`` (with ``--save-images N``): what ``cfaug generate`` does end to end at the best
+  batch, generation plus 8-bit conversion, encoding (PNG, or uint8 shards) and sha256 of every file;
 * ``authors``: the work of the authors' ``generate_data.py`` per image, which runs the CGN's full forward: the
   three mechanisms plus the frozen ground-truth BigGAN and the U2-Net on the background (four BigGAN and two
   U2-Net forwards instead of three and one), at batch 1 as they generate.
@@ -15,7 +17,7 @@ the speed is that of the trained model. Each row times ``--images`` images after
 
 Usage:
     python benchmarks/imagenet_generation.py [--device cuda] [--threads 1] [--images 2] [--max-batch 64]
-        [--autocast bf16] [--weights CGN.safetensors] [--u2net u2net]
+        [--autocast bf16] [--weights CGN.safetensors] [--u2net u2net] [--save-images 512]
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from cfaug.backends.biggan import BigGANBackend, build_biggan, truncated_noise
+from cfaug.datasets import CounterfactualDataset
 
 
 @dataclass
@@ -64,6 +69,12 @@ def time_batches(run: Callable[[int, int], torch.Tensor], batch_size: int, image
         run(batch_size, (index + 1) * batch_size)
     _synchronise(device)
     return (time.perf_counter() - started) / (batches * batch_size)
+
+
+def report(row: Row) -> Row:
+    """Print a measured row to stderr at once (a run stopped by a time limit keeps what it measured)."""
+    print(f"measured: {row.label}, batch {row.batch_size}: {row.seconds_per_image:.4f} s/image", file=sys.stderr)
+    return row
 
 
 def cfaug_sample(backend: BigGANBackend) -> Callable[[int, int], torch.Tensor]:
@@ -105,6 +116,9 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="a biggan backend checkpoint (default: random full size)")
     parser.add_argument("--u2net", default="u2net", choices=("u2net", "u2netp"), help="U2-Net of the random model")
     parser.add_argument("--no-authors", action="store_true", help="skip the authors' computation row")
+    parser.add_argument(
+        "--save-images", type=int, default=0, help="also time CounterfactualDataset.save of N images per format"
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -140,16 +154,30 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 break
-            found.append(Row(label, batch_size, seconds, _peak_memory(device)))
+            found.append(report(Row(label, batch_size, seconds, _peak_memory(device))))
         if not found:
             raise SystemExit(f"Out of GPU memory at batch 1 ({label}).")
         min(found, key=lambda row: row.seconds_per_image).best = len(found) > 1
         rows += found
+    best = min(rows, key=lambda row: row.seconds_per_image)
+    if args.save_images:
+        backend.autocast = next((mode for mode in modes if mode and mode in best.label), None)
+        for fmt in ("safetensors", "png"):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            dataset = CounterfactualDataset(backend, size=args.save_images, seed=0)
+            with tempfile.TemporaryDirectory() as folder:
+                started = time.perf_counter()
+                dataset.save(folder, fmt, batch_size=best.batch_size, progress=False)
+                seconds = (time.perf_counter() - started) / args.save_images
+            label = f"CounterfactualDataset.save ({fmt}, {backend.autocast or 'fp32'}, {args.save_images} images)"
+            rows.append(report(Row(label, best.batch_size, seconds, _peak_memory(device))))
     backend.autocast = None
     if not args.no_authors:
         ground_truth = build_biggan(backend.biggan_config, seed=1).to(device).eval().requires_grad_(False)
         seconds = time_batches(authors_forward(backend, ground_truth), 1, images, device)
-        rows.append(Row("authors' generate_data.py work (4 BigGAN + 2 U2-Net)", 1, seconds, _peak_memory(device)))
+        label = "authors' generate_data.py work (4 BigGAN + 2 U2-Net)"
+        rows.append(report(Row(label, 1, seconds, _peak_memory(device))))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(
