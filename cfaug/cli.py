@@ -10,6 +10,7 @@ share of the work (see ``cfaug.distributed``).
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -86,6 +87,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 f"`--workers` should be 0 with a GPU (CUDA does not work in forked DataLoader workers), but got "
                 f"{args.workers} with --device {args.device}."
             )
+        backend_kwargs = {}
+        if args.autocast is not None:
+            if "autocast" not in inspect.signature(get_backend_class(args.backend)).parameters:
+                raise ValueError(
+                    f"`--autocast` applies to backends that compute in reduced precision (biggan), but backend "
+                    f"{args.backend!r} takes no autocast setting."
+                )
+            backend_kwargs["autocast"] = args.autocast
         dataset = CounterfactualDataset(
             args.backend,
             weights=args.weights,
@@ -94,6 +103,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             vary=tuple(args.vary),
             target="all",
             device=device,
+            backend_kwargs=backend_kwargs,
         )
         result = save_counterfactuals_distributed(
             dataset,
@@ -174,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"items per generator call (default: {GPU_GENERATION_BATCH} on a GPU, 1 on the CPU)",
+    )
+    generate.add_argument(
+        "--autocast",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="compute the generators in this precision on a GPU (biggan; default float32)",
     )
     generate.add_argument(
         "--device", default="cpu", help="where to generate; cuda = each process's own GPU under torchrun (default cpu)"

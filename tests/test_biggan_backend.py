@@ -212,6 +212,15 @@ def test_checkpoint_round_trip(backend, tmp_path):
     expected = backend.sample([1, 9], [2, 8], [3, 7], seeds=_seeds(1, 2))
     got = loaded.sample([1, 9], [2, 8], [3, 7], seeds=_seeds(1, 2))
     torch.testing.assert_close(got.image, expected.image, atol=0, rtol=0)
+    # cfaug generate passes --autocast to the backend (a no-op on the CPU: the same images as float32).
+    from cfaug.cli import main
+
+    out = tmp_path / "cf"
+    assert main(["generate", "--backend", "biggan", "--weights", str(path), "--size", "3", "--out", str(out),
+                 "--autocast", "bf16", "--batch-size", "2"]) == 0  # fmt: skip
+    saved = cfaug.datasets.CounterfactualDataset.load(out)
+    plain = cfaug.datasets.CounterfactualDataset("biggan", weights=str(path), size=3, target="all")
+    assert all(torch.allclose(saved[i][0], plain[i][0], atol=1 / 255) for i in range(3))
     faster = cfaug.load_backend("biggan", weights=path, autocast="bf16", truncation=0.7)
     assert faster.autocast == "bf16" and faster.truncation == 0.7
 

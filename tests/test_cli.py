@@ -47,6 +47,9 @@ def test_library_errors_exit_2_with_one_line(tmp_path, capsys):
     assert err.startswith("cfaug: error: Unknown value 'nope' for argument `backend`") and err.count("\n") == 1
     assert main(["generate", "--out", str(tmp_path / "g"), "--size", "0", "--backend", "toy"]) == 2
     assert "size" in capsys.readouterr().err
+    toy_in_half = ["generate", "--out", str(tmp_path / "g"), "--size", "4", "--backend", "toy", "--autocast", "fp16"]
+    assert main(toy_in_half) == 2
+    assert "backend 'toy' takes no autocast setting" in capsys.readouterr().err
     assert main(["train"]) == 2
     assert "needs a sub-command" in capsys.readouterr().err
 
