@@ -293,3 +293,28 @@ def test_ddp_two_gloo_processes(biggan_dir, tmp_path):
         # up to 5e-4 of a tensor's largest entry); wrong samples or a wrong average would differ at order 1.
         scale = float(gradient.abs().max())
         torch.testing.assert_close(distributed[name], gradient, rtol=1e-3, atol=2e-3 * scale + 1e-12, msg=name)
+
+
+def test_cuda_without_an_index_becomes_this_processs_gpu(monkeypatch):
+    # torch.cuda.set_device refuses a bare "cuda" (found on a GPU run): the trainer resolves the index first.
+    from cfaug.training import imagenet
+
+    chosen = []
+
+    def set_device(device):
+        if torch.device(device).index is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        chosen.append(torch.device(device))
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    config = ImageNetTrainConfig(device="cuda")
+    assert imagenet._resolve_device(config) == torch.device("cuda", 0)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert imagenet._resolve_device(config) == torch.device("cuda", 1)
+    assert imagenet._resolve_device(dataclasses.replace(config, device="cuda:2")) == torch.device("cuda", 2)
+    assert imagenet._resolve_device(dataclasses.replace(config, device="cpu")) == torch.device("cpu")
+    assert chosen == [torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cuda", 2)]

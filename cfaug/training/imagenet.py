@@ -60,6 +60,7 @@ from cfaug.backends.biggan import (
     truncated_noise,
 )
 from cfaug.checkpoint import load_checkpoint, save_checkpoint
+from cfaug.distributed import device_for_rank
 from cfaug.functional import composite
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
@@ -340,9 +341,9 @@ def _join_world(device: torch.device) -> _World:
 
 
 def _resolve_device(config: ImageNetTrainConfig) -> torch.device:
-    device = torch.device(config.device)
-    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    # "cuda" without an index is this process's GPU: LOCAL_RANK under torchrun, else GPU 0. set_device needs the
+    # index (torch refuses a bare "cuda"; seen on a GPU run, which the CPU tests cannot reach).
+    device = device_for_rank(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
