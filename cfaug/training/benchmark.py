@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> None:
         help="override a config field for every row (JSON value)",
     )
     args = parser.parse_args(argv)
-    from cfaug.training.cli import _parse_override
+    from cfaug.training._options import parse_override
 
-    overrides = dict(_parse_override(text) for text in args.overrides)
+    overrides = dict(parse_override(text, TrainConfig) for text in args.overrides)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()}")
     header = f"{'recipe':8} {'variant':22} {'bs':>4} {'s/it':>7} {'img/s':>7} {'it/hour':>8}  phases (s/it)"
     print(header)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.base import Backend
 from cfaug.backends.mnist import MnistBackend
+from cfaug.checkpoint import state_dict_problems
 from cfaug.seeding import draw_seeds, mix_seed
 from cfaug.version import __version__
 
@@ -99,18 +100,11 @@ def _with_estimator(source: MnistBackend, width: int) -> MnistBackend:
     )
     wanted = _generator_state(model)
     given = _generator_state(source)
-    missing = sorted(set(wanted) - set(given))
-    unexpected = sorted(set(given) - set(wanted))
-    mismatched = [
-        f"{k}: {tuple(given[k].shape)} vs {tuple(wanted[k].shape)}"
-        for k in sorted(set(given) & set(wanted))
-        if given[k].shape != wanted[k].shape
-    ]
-    if missing or unexpected or mismatched:
+    problems = state_dict_problems(given, wanted)
+    if problems:
         raise ValueError(
             "`backend_or_weights` does not have the generator of the mnist architecture it describes "
-            f"({source.arch_config()}): missing keys {missing[:8]}, unexpected keys {unexpected[:8]}, "
-            f"shape mismatches {mismatched[:8]}."
+            f"({source.arch_config()}): {'; '.join(problems)}."
         )
     result = model.load_state_dict({k: v.detach().clone() for k, v in given.items()}, strict=False)
     left_out = [k for k in result.missing_keys if not _is_estimator_key(k)]
