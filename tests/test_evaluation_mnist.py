@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import shared_path, write_mnist_idx
 from PIL import Image
+from toy_backend import ToyBackend
 
 from cfaug.backends.mnist import MnistBackend
 from cfaug.datasets import ColoredMNIST, DoubleColoredMNIST
@@ -23,6 +24,7 @@ from cfaug.evaluation import (
     generate_counterfactuals,
     load_counterfactual_backend,
     merge_table2,
+    real_shape_counterfactuals,
     run_evaluate_mnist,
     run_table2,
     split_tensors,
@@ -61,6 +63,18 @@ def cgn_checkpoint(tmp_path_factory) -> str:
         torch.manual_seed(0)
         backend = MnistBackend(latent_dim=8, ngf=8)
     path = tmp_path_factory.mktemp("cgn") / "tiny_cgn.safetensors"
+    backend.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cgn_with_estimator(tmp_path_factory) -> str:
+    """The tiny CGN with a (random, but marked trained) mask estimator, so real digits can be cut out."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        backend = MnistBackend(latent_dim=8, ngf=8, mask_estimator=True, mask_estimator_width=4)
+    backend.mark_mask_estimator_trained()
+    path = tmp_path_factory.mktemp("cgn") / "tiny_cgn_estimator.safetensors"
     backend.save(path)
     return str(path)
 
@@ -120,6 +134,59 @@ def test_authors_checkpoint_is_imported_for_counterfactuals():
     assert backend.weights_name == "imported:colored_mnist.pth"
     images, labels = generate_counterfactuals(backend, 4, seed=0)
     assert images.shape == (4, 3, 32, 32) and labels.shape == (4,)
+
+
+def _toy_real(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n)), torch.arange(n) % 10
+
+
+def test_real_shape_counterfactuals_keep_the_real_shape_and_label():
+    backend = ToyBackend(num_classes=10, image_size=32)
+    images, digits = _toy_real(25)
+    made, labels = real_shape_counterfactuals(backend, (images, digits), 25, seed=2, batch_size=25)
+    assert made.shape == (25, 3, 32, 32) and made.dtype == torch.uint8 and labels.dtype == torch.int64
+    # num equal to the split: every real image once, so the labels are the digits, reordered.
+    assert torch.equal(labels.sort().values, digits.sort().values)
+    # The toy estimator cuts out a centre disc: inside it is the texture, outside the background; both generated,
+    # so nothing of the real pixels survives, and other real images with the same seed give the same output.
+    blank, _ = real_shape_counterfactuals(backend, (torch.zeros_like(images), digits), 25, seed=2)
+    assert torch.equal(made, blank)
+    disc = (backend.radius2 < 0.5).expand(3, -1, -1)
+    inside = made.float()[:, disc].view(25, 3, -1).mean(dim=2) / 255
+    outside = made.float()[:, ~disc].view(25, 3, -1).mean(dim=2) / 255
+    texture_distance = (inside[:, None] - 0.8 * backend.palette[None]).abs().sum(dim=2).min(dim=1).values
+    # The toy background adds one noise offset to every channel of an image: compare around the channel mean.
+    expected = 0.75 * backend.background_palette
+    offsets = (outside - outside.mean(dim=1, keepdim=True))[:, None] - (expected - expected.mean(dim=1, keepdim=True))
+    background_distance = offsets.abs().sum(dim=2).min(dim=1).values
+    # (the toy clamps to [0, 1] after the offset, which bends a few channels: hence the looser bound)
+    assert texture_distance.max() < 0.05 and background_distance.max() < 0.15
+
+
+def test_real_shape_counterfactuals_are_seeded_and_batch_independent():
+    backend = ToyBackend(num_classes=10, image_size=32)
+    real = _toy_real(12)
+    made, labels = real_shape_counterfactuals(backend, real, 30, seed=5, batch_size=30)
+    again, again_labels = real_shape_counterfactuals(backend, real, 30, seed=5, batch_size=7)
+    assert torch.equal(labels, again_labels) and (made.int() - again.int()).abs().max() <= 1
+    # 30 from 12 images: each image twice, then 6 of them a third time.
+    counts = torch.bincount(labels, minlength=10)
+    assert int(counts.sum()) == 30 and int(counts.max()) <= 2 * 3
+    other, _ = real_shape_counterfactuals(backend, real, 30, seed=6)
+    assert not torch.equal(made, other)
+
+
+def test_real_shape_counterfactuals_reject_bad_input():
+    real = _toy_real(4)
+    with pytest.raises(ValueError, match="`backend` should have a mask estimator"):
+        real_shape_counterfactuals(ToyBackend(num_classes=10, image_size=32, mask_estimator=False), real, 4, seed=0)
+    backend = ToyBackend(num_classes=10, image_size=32)
+    with pytest.raises(ValueError, match="`num`"):
+        real_shape_counterfactuals(backend, real, 0, seed=0)
+    with pytest.raises(TypeError, match="`real` should be a pair of tensors"):
+        real_shape_counterfactuals(backend, [real[0]], 4, seed=0)
+    with pytest.raises(ValueError, match="`real` should hold N >= 1 images"):
+        real_shape_counterfactuals(backend, (real[0], real[1][:2]), 4, seed=0)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -182,9 +249,26 @@ def test_run_table2_writes_results_and_grid(mnist_root, cgn_checkpoint, tmp_path
     for run in results["runs"]:
         assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["accuracy_visible"] <= 1.0
     assert results["summary"]["original+cf"]["ours"]["accuracy"]["n"] == 1
+    # This CGN has no mask estimator, so it cannot make real-shape counterfactuals: said, not silently dropped.
+    assert results["summary"]["original+augment"]["ours"]["accuracy"]["n"] == 0
+    assert [(entry["setting"], entry["weights"]) for entry in results["skipped"]] == [("original+augment", "ours")]
+    assert "no mask estimator" in results["skipped"][0]["reason"]
+    assert "Original + CounterfactualAugment, ours: not run" in format_table2(results)
     assert results["paper"] == PAPER_TABLE2["colored_mnist"]
     with Image.open(tmp_path / "counterfactual_grid_colored_mnist_ours.png") as grid:
         assert grid.size[0] > 10 * 32 and grid.mode == "RGB"
+
+
+def test_run_table2_trains_on_real_shape_counterfactuals(mnist_root, cgn_checkpoint, cgn_with_estimator, tmp_path):
+    weights = {"estimator": cgn_with_estimator, "plain": cgn_checkpoint}
+    results = _run(mnist_root, cgn_checkpoint, tmp_path / "a", weights=weights, settings=("original+augment",))
+    assert [(run["setting"], run["weights"]) for run in results["runs"]] == [("original+augment", "estimator")]
+    assert [entry["weights"] for entry in results["skipped"]] == ["plain"]
+    again = _run(mnist_root, cgn_checkpoint, tmp_path / "b", weights=weights, settings=("original+augment",))
+    assert again["runs"][0]["accuracy"] == results["runs"][0]["accuracy"]
+    merged = merge_table2([results, again])
+    assert merged["skipped"] == results["skipped"] and merged["config"]["settings"] == ["original+augment"]
+    assert "| Original + CounterfactualAugment |" in format_table2(merged)
 
 
 def test_run_table2_keeps_finished_runs_when_interrupted(mnist_root, cgn_checkpoint, tmp_path, monkeypatch):

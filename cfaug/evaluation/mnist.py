@@ -5,12 +5,16 @@ de-biased test split, where colour or texture is independent of the digit:
 
 * ``"original"``: the biased training split alone (colour/texture tied to the digit);
 * ``"original+cf"``: the biased split plus counterfactual images (the paper's "Original + CGN" row);
-* ``"cf"``: counterfactual images only (what the authors' code actually trains).
+* ``"cf"``: counterfactual images only (what the authors' code actually trains);
+* ``"original+augment"``: the biased split plus counterfactuals of *real* training digits made by
+  ``CounterfactualAugment`` without labels: each keeps its digit's real shape (the backend's mask estimator) and
+  gets a generated texture and background of uniformly drawn classes. Not in the paper: it measures cfaug's
+  transform in the paper's experiment.
 
 Counterfactuals come from a CGN backend (a cfaug checkpoint, or one of the authors' ``.pth`` files imported with
 ``MnistBackend.import_weights``), sampled with the authors' protocol: shape class uniform, texture and background
 classes uniform and independent of it, labelled by the shape class. They are generated once per (weights, seed)
-and reused by both counterfactual settings.
+and reused by both counterfactual settings; the real-shape ones come from the same backend and its mask estimator.
 
 ``run_table2`` runs every (setting, weights, seed), writes ``results.json`` and a counterfactual grid PNG per set
 of weights, and ``format_table2`` prints the result next to the paper's numbers.
@@ -58,6 +62,7 @@ __all__ = [
     "make_datasets",
     "merge_table2",
     "parse_named_weights",
+    "real_shape_counterfactuals",
     "run_evaluate_mnist",
     "run_table2",
     "split_tensors",
@@ -67,7 +72,7 @@ __all__ = [
 ]
 
 VARIANTS: tuple[str, ...] = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
-SETTINGS: tuple[str, ...] = ("original", "original+cf", "cf")
+SETTINGS: tuple[str, ...] = ("original", "original+cf", "cf", "original+augment")
 
 #: Test accuracy (%) in the paper's Table 2. The paper has no counterfactual-only row.
 PAPER_TABLE2: dict[str, dict[str, float]] = {
@@ -76,9 +81,22 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
     "wildlife_mnist": {"original": 10.1, "original+cf": 85.7},
 }
 
-_SETTING_LABELS = {"original": "Original", "original+cf": "Original + CF", "cf": "CF only"}
+_SETTING_LABELS = {
+    "original": "Original",
+    "original+cf": "Original + CF",
+    "cf": "CF only",
+    "original+augment": "Original + CounterfactualAugment",
+}
 # Seed streams: each random part of a run has its own stream, so changing one leaves the others' draws alone.
-_STREAM_INIT, _STREAM_SHUFFLE, _STREAM_CF_CLASSES, _STREAM_CF_NOISE = range(1, 5)
+(
+    _STREAM_INIT,
+    _STREAM_SHUFFLE,
+    _STREAM_CF_CLASSES,
+    _STREAM_CF_NOISE,
+    _STREAM_REAL_PICK,
+    _STREAM_REAL_CLASSES,
+    _STREAM_REAL_NOISE,
+) = range(1, 8)
 _SETTING_STREAMS = {setting: 10 * (i + 1) for i, setting in enumerate(SETTINGS)}
 
 
@@ -253,6 +271,84 @@ def generate_counterfactuals(
         image = backend.sample(shape, texture, background, seeds=seeds[start:stop]).image
         images[start:stop] = image.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
     return images, classes[0].clone()
+
+
+def real_shape_counterfactuals(
+    backend: Backend,
+    real: tuple[torch.Tensor, torch.Tensor],
+    num: int,
+    seed: int,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counterfactuals of real training images: their own digit's shape, a generated texture and background.
+
+    This is ``CounterfactualAugment(backend, p=1, labels_getter=None)`` (image-only mode) on ``num`` training
+    images: the backend's mask estimator cuts the real digit out, and texture and background classes are drawn
+    uniformly and independently. Each label stays the real digit, which is the shape class. The images are drawn
+    without replacement while ``num`` allows (every image once before any twice). Classes and per-image seeds are
+    drawn for the whole set before generating, and each batch is made with ``CounterfactualAugment.replay``, so
+    the set does not depend on ``batch_size``.
+
+    Args:
+        backend: a CGN backend with a mask estimator (``backend.has_mask_estimator``).
+        real: ``(images, digits)`` of the training split, images float in [0, 1] (``split_tensors``).
+        num: number of counterfactuals.
+        seed: seed of the image picks, the class draws and the per-image noise seeds.
+        batch_size: images made per call.
+        progress: show a progress bar.
+
+    Returns:
+        ``images`` ``(num, 3, H, W)`` uint8 (as ``generate_counterfactuals``) and ``labels`` ``(num,)`` int64 digits.
+
+    Raises:
+        TypeError, ValueError: an integer argument is invalid, ``real`` is empty or not a pair of tensors, or the
+            backend has no mask estimator.
+    """
+    from cfaug.transforms import CounterfactualAugment
+
+    check_positive_int(num, "num")
+    check_positive_int(seed, "seed", allow_zero=True)
+    check_positive_int(batch_size, "batch_size")
+    if not (isinstance(real, tuple) and len(real) == 2 and all(isinstance(t, torch.Tensor) for t in real)):
+        raise TypeError(f"`real` should be a pair of tensors (images, digits), but got {type(real).__name__}.")
+    images, digits = real
+    if images.dim() != 4 or len(images) == 0 or len(images) != len(digits):
+        raise ValueError(
+            f"`real` should hold N >= 1 images (N, C, H, W) and N digits, but got images of shape "
+            f"{tuple(images.shape)} and {len(digits)} digits."
+        )
+    if not backend.has_mask_estimator:
+        raise ValueError(
+            f"`backend` should have a mask estimator to cut real digits out, but {backend.name!r} (weights "
+            f"{backend.weights_name!r}) has none."
+        )
+    picker = torch.Generator().manual_seed(mix_seed(seed, _STREAM_REAL_PICK))
+    rounds = -(-num // len(digits))
+    picks = torch.cat([torch.randperm(len(digits), generator=picker) for _ in range(rounds)])[:num]
+    classes = torch.randint(
+        0, backend.num_classes, (2, num), generator=torch.Generator().manual_seed(mix_seed(seed, _STREAM_REAL_CLASSES))
+    )
+    seeds = draw_seeds(2 * num, torch.Generator().manual_seed(mix_seed(seed, _STREAM_REAL_NOISE))).view(2, num)
+    from_real = torch.full((num,), -1, dtype=torch.int64)
+    record = {
+        "applied": torch.ones(num, dtype=torch.bool),
+        "shape": from_real,
+        "texture": classes[0],
+        "background": classes[1],
+        "seed_shape": from_real,
+        "seed_texture": seeds[0],
+        "seed_background": seeds[1],
+    }
+    augment = CounterfactualAugment(backend, p=1.0, labels_getter=None)
+    out = torch.empty(num, backend.channels, *images.shape[-2:], dtype=torch.uint8)
+    with torch.no_grad():
+        for start in tqdm(range(0, num, batch_size), desc="real-shape counterfactuals", disable=not progress):
+            chosen = picks[start : start + batch_size]
+            batch_record = {key: value[start : start + batch_size] for key, value in record.items()}
+            made = augment.replay(images[chosen.to(images.device)], batch_record)
+            out[start : start + len(chosen)] = made.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    return out, digits[picks.to(digits.device)].cpu()
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -477,8 +573,11 @@ def run_table2(
 
     The ``"original"`` setting does not use a CGN: it runs once per seed and is shared by all weights columns.
     Each set of weights generates its counterfactuals once per seed (``num_counterfactuals`` images), used by both
-    ``"original+cf"`` and ``"cf"``. Accuracies are on the de-biased test split. ``results.json`` is rewritten after
-    every finished run (``"complete": false`` until the last), so an interrupted experiment keeps what it measured.
+    ``"original+cf"`` and ``"cf"``; ``"original+augment"`` makes as many from real training images
+    (``real_shape_counterfactuals``). Weights without a mask estimator (the authors' imported ones) cannot make
+    those: their ``"original+augment"`` run is skipped and listed, with the reason, in ``skipped``. Accuracies
+    are on the de-biased test split. ``results.json`` is rewritten after every finished run (``"complete": false``
+    until the last), so an interrupted experiment keeps what it measured.
 
     Args:
         variant: one of ``VARIANTS``.
@@ -500,7 +599,8 @@ def run_table2(
     Returns:
         The content of ``results.json``: ``variant``, ``complete``, ``config`` (with the ``device``), ``runs``
         (one record per setting, weights and seed; ``weights`` is ``None`` for ``"original"``), ``summary``
-        (setting -> column -> accuracy statistics in %), ``paper`` and ``grids``.
+        (setting -> column -> accuracy statistics in %), ``skipped`` (runs that cannot be made, with the reason),
+        ``paper`` and ``grids``.
 
     Raises:
         TypeError, ValueError: an argument has the wrong type or value (the message names it).
@@ -525,6 +625,7 @@ def run_table2(
     runs: list[dict[str, Any]] = []
 
     grids: dict[str, str] = {}
+    skipped: list[dict[str, str]] = []
 
     def save(complete: bool) -> dict[str, Any]:
         results = {
@@ -545,6 +646,7 @@ def run_table2(
             },
             "runs": runs,
             "summary": _summarise(runs, settings, list(weights)),
+            "skipped": skipped,
             "paper": PAPER_TABLE2[variant],
             "grids": grids,
         }
@@ -554,13 +656,16 @@ def run_table2(
 
     train_tensors: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def record(setting: str, name: str | None, seed: int, counterfactuals: Any = None) -> None:
+    def real_tensors() -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal train_tensors
-        started = time.perf_counter()
-        if setting != "cf" and train_tensors is None:  # composed once, shared by every run that trains on it
+        if train_tensors is None:  # composed once, shared by every run that trains on it
             train_tensors = tuple(t.to(device) for t in split_tensors(train_set, max_train_images))
+        return train_tensors
+
+    def record(setting: str, name: str | None, seed: int, counterfactuals: Any = None) -> None:
+        started = time.perf_counter()
         model = train_classifier(
-            None if setting == "cf" else train_tensors,
+            None if setting == "cf" else real_tensors(),
             counterfactuals,
             seed=mix_seed(seed, _SETTING_STREAMS[setting]),
             **train_options,
@@ -584,10 +689,23 @@ def run_table2(
                 path = out / f"counterfactual_grid_{variant}_{name}.png"
                 save_grid(counterfactual_grid(backend, seed=dataset_seed), path, nrow=backend.num_classes)
                 grids[name] = path.name
-            counterfactuals = generate_counterfactuals(backend, num_counterfactuals, seed, progress=progress)
-            for setting in ("original+cf", "cf"):
-                if setting in settings:
-                    record(setting, name, seed, counterfactuals)
+            if "original+cf" in settings or "cf" in settings:
+                counterfactuals = generate_counterfactuals(backend, num_counterfactuals, seed, progress=progress)
+                for setting in ("original+cf", "cf"):
+                    if setting in settings:
+                        record(setting, name, seed, counterfactuals)
+            if "original+augment" not in settings:
+                continue
+            if not backend.has_mask_estimator:
+                reason = f"weights {_describe_weights(source)!r} have no mask estimator to cut real digits out"
+                if not any(entry["weights"] == name for entry in skipped):
+                    skipped.append({"setting": "original+augment", "weights": name, "reason": reason})
+                    save(complete=False)
+                continue
+            counterfactuals = real_shape_counterfactuals(
+                backend, real_tensors(), num_counterfactuals, seed, progress=progress
+            )
+            record("original+augment", name, seed, counterfactuals)
 
     return save(complete=True)
 
@@ -630,6 +748,7 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     weights: dict[str, str] = {}
     counts: dict[str, int] = {}
     settings: list[str] = []
+    all_skipped: list[dict[str, str]] = []
     for index, part in enumerate(parts):
         config = part["config"]
         if part["variant"] != variant:
@@ -648,6 +767,7 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 )
             counts[name] = config["num_counterfactuals"]
         settings += [setting for setting in config["settings"] if setting not in settings]
+        all_skipped += [dict(entry) for entry in part.get("skipped", [])]
         for run in part["runs"]:
             key = (run["setting"], run["weights"], run["seed"])
             if key in runs and runs[key]["accuracy"] != run["accuracy"]:
@@ -656,6 +776,7 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                     f"{run['accuracy']} (parts[{index}])."
                 )
             runs[key] = dict(run)
+    skipped = [entry for index, entry in enumerate(all_skipped) if entry not in all_skipped[:index]]
     merged_runs = sorted(runs.values(), key=lambda run: (run["seed"], SETTINGS.index(run["setting"])))
     settings = [setting for setting in SETTINGS if setting in settings]
     config = {key: first["config"].get(key) for key in _MERGED_CONFIG_KEYS}
@@ -672,6 +793,7 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "config": config,
         "runs": merged_runs,
         "summary": _summarise(merged_runs, settings, list(weights)),
+        "skipped": skipped,
         "paper": PAPER_TABLE2[variant],
         "grids": {name: grid for part in parts for name, grid in part.get("grids", {}).items()},
     }
@@ -752,6 +874,9 @@ def format_table2(results: Mapping[str, Any]) -> str:
         paper = results["paper"].get(setting)
         row.append("–" if paper is None else f"{paper:.1f}")
         lines.append("| " + " | ".join(row) + " |")
+    for entry in results.get("skipped", []):
+        label = _SETTING_LABELS.get(entry["setting"], entry["setting"])
+        lines.append(f"\n{label}, {entry['weights']}: not run, {entry['reason']}.")
     return "\n".join(lines)
 
 
