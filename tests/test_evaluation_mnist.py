@@ -269,6 +269,10 @@ def test_run_table2_trains_on_real_shape_counterfactuals(mnist_root, cgn_checkpo
     merged = merge_table2([results, again])
     assert merged["skipped"] == results["skipped"] and merged["config"]["settings"] == ["original+augment"]
     assert "| Original + CounterfactualAugment |" in format_table2(merged)
+    # The grid shows real training images, each followed by counterfactuals of it.
+    assert results["grids"]["estimator (real shapes)"] == "real_shape_grid_colored_mnist_estimator.png"
+    with Image.open(tmp_path / "a" / results["grids"]["estimator (real shapes)"]) as grid:
+        assert grid.mode == "RGB" and grid.size[0] > 10 * 32
 
 
 def test_run_table2_keeps_finished_runs_when_interrupted(mnist_root, cgn_checkpoint, tmp_path, monkeypatch):

@@ -351,6 +351,22 @@ def real_shape_counterfactuals(
     return out, digits[picks.to(digits.device)].cpu()
 
 
+_GRID_COLUMNS = 9
+
+
+def _real_shape_grid(backend: Backend, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """Rows of the grid PNG: a real training image, then ``_GRID_COLUMNS`` counterfactuals of it."""
+    from cfaug.transforms import CounterfactualAugment
+
+    real = images[: backend.num_classes]
+    augment = CounterfactualAugment(
+        backend, p=1.0, labels_getter=None, generator=torch.Generator().manual_seed(mix_seed(seed, _STREAM_REAL_NOISE))
+    )
+    with torch.no_grad():
+        made = augment(real.repeat_interleave(_GRID_COLUMNS, dim=0)).view(len(real), _GRID_COLUMNS, *real.shape[1:])
+    return torch.cat([real[:, None], made], dim=1).flatten(0, 1).cpu()
+
+
 # ------------------------------------------------------------------------------------------------ training
 
 
@@ -705,6 +721,11 @@ def run_table2(
             counterfactuals = real_shape_counterfactuals(
                 backend, real_tensors(), num_counterfactuals, seed, progress=progress
             )
+            grid_name = f"{name} (real shapes)"
+            if grid_name not in grids:
+                path = out / f"real_shape_grid_{variant}_{name}.png"
+                save_grid(_real_shape_grid(backend, real_tensors()[0], dataset_seed), path, nrow=_GRID_COLUMNS + 1)
+                grids[grid_name] = path.name
             record("original+augment", name, seed, counterfactuals)
 
     return save(complete=True)
