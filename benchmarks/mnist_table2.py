@@ -1,14 +1,16 @@
 """The paper's Table 2 on the three biased MNIST variants, printed as markdown tables.
 
 For each variant a small CNN (the authors' shape classifier) is trained on the biased originals, on originals plus
-counterfactuals and on counterfactuals only, over several seeds, and tested on the de-biased test split
-(``cfaug.evaluation.run_table2``). Each table gives mean ± standard deviation of the test accuracy per set of CGN
-weights (``--weights NAME=PATH``; ``--authors-dir`` adds the CGN authors' released checkpoints, imported), the
-paper's number beside them, and for Double-colored MNIST the accuracy on the test digits that are visible (about
-one in ten has the same colour inside and out). Results and counterfactual grids go to ``--out-dir/<variant>/``.
+counterfactuals and on counterfactuals only (the paper's rows), and on originals plus ``CounterfactualAugment``'s
+counterfactuals of real digits, made once or per batch (cfaug's rows), over several seeds, and tested on the
+de-biased test split (``cfaug.evaluation.run_table2``). Each table gives mean ± standard deviation of the test
+accuracy per set of CGN weights (``--weights NAME=PATH``; ``--authors-dir`` adds the CGN authors' released
+checkpoints, imported), the paper's number beside them, and for Double-colored MNIST the accuracy on the test
+digits that are visible (about one in ten has the same colour inside and out). Results and counterfactual grids go
+to ``--out-dir/<variant>/``.
 
 On the CPU one epoch over 50,000 images takes one to two minutes per thread; the paper's protocol (3 seeds,
-10 epochs, 50,000 counterfactuals, three settings) is hours. Quick look:
+10 epochs, 50,000 counterfactuals, five settings) is hours. Quick look:
 
     python benchmarks/mnist_table2.py --authors-dir ../shared/data/reference_cgn_mnist --data-root ../shared/data \
         --texture-root ../shared/data/wildlife_textures --seeds 0 --epochs 2 --num-counterfactuals 10000
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="rows to run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="run seeds (default 0 1 2)")
+    parser.add_argument("--augment-p", type=float, default=0.5, help="p of the per-batch CounterfactualAugment row")
     parser.add_argument("--epochs", type=int, default=10, help="classifier epochs (default 10)")
     parser.add_argument("--num-counterfactuals", type=int, default=50_000, help="per weights and seed (default 50000)")
     parser.add_argument("--max-train-images", type=int, default=None, help="use only the first N real images")
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             texture_root=args.texture_root if variant == "wildlife_mnist" else None,
             out_dir=Path(args.out_dir) / variant,
             max_train_images=args.max_train_images,
+            augment_p=args.augment_p,
             device=args.device,
             progress=args.progress,
         )

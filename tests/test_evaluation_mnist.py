@@ -229,6 +229,24 @@ def test_training_on_a_dataset_equals_training_on_its_tensors(mnist_root, cgn_ch
     assert not all(torch.equal(fewer[key], from_tensors[key]) for key in fewer)
 
 
+def test_real_transform_sees_every_real_batch_and_only_real_images(mnist_root, cgn_checkpoint):
+    train = split_tensors(ColoredMNIST(mnist_root, train=True))
+    counterfactuals = generate_counterfactuals(load_counterfactual_backend(cgn_checkpoint), 30, seed=1)
+    seen = []
+
+    def blank(images: torch.Tensor) -> torch.Tensor:
+        seen.append(images.clone())
+        return torch.zeros_like(images)
+
+    options = dict(epochs=2, seed=4, batch_size=16)
+    blanked = train_classifier(train, counterfactuals, real_transform=blank, **options).state_dict()
+    # Every real image passes once per epoch; no counterfactual does (they are uint8, made float after it).
+    assert sum(len(batch) for batch in seen) == 2 * len(train[1])
+    assert all(batch.dtype == torch.float32 and float(batch.max()) <= 1.0 for batch in seen)
+    plain = train_classifier(train, counterfactuals, **options).state_dict()
+    assert not all(torch.equal(blanked[key], plain[key]) for key in plain)
+
+
 def test_training_rejects_no_data():
     with pytest.raises(ValueError, match="`real` and `counterfactuals`"):
         train_classifier(None, None)
@@ -251,7 +269,10 @@ def test_run_table2_writes_results_and_grid(mnist_root, cgn_checkpoint, tmp_path
     assert results["summary"]["original+cf"]["ours"]["accuracy"]["n"] == 1
     # This CGN has no mask estimator, so it cannot make real-shape counterfactuals: said, not silently dropped.
     assert results["summary"]["original+augment"]["ours"]["accuracy"]["n"] == 0
-    assert [(entry["setting"], entry["weights"]) for entry in results["skipped"]] == [("original+augment", "ours")]
+    assert [(entry["setting"], entry["weights"]) for entry in results["skipped"]] == [
+        ("original+augment", "ours"),
+        ("original+augment-online", "ours"),
+    ]
     assert "no mask estimator" in results["skipped"][0]["reason"]
     assert "Original + CounterfactualAugment, ours: not run" in format_table2(results)
     assert results["paper"] == PAPER_TABLE2["colored_mnist"]
@@ -273,6 +294,25 @@ def test_run_table2_trains_on_real_shape_counterfactuals(mnist_root, cgn_checkpo
     assert results["grids"]["estimator (real shapes)"] == "real_shape_grid_colored_mnist_estimator.png"
     with Image.open(tmp_path / "a" / results["grids"]["estimator (real shapes)"]) as grid:
         assert grid.mode == "RGB" and grid.size[0] > 10 * 32
+
+
+def test_run_table2_augments_every_batch_online(mnist_root, cgn_checkpoint, cgn_with_estimator, tmp_path):
+    weights = {"estimator": cgn_with_estimator, "plain": cgn_checkpoint}
+    options = dict(weights=weights, settings=("original", "original+augment-online"), augment_p=0.75)
+    results = _run(mnist_root, cgn_checkpoint, tmp_path / "a", **options)
+    runs = {(run["setting"], run["weights"]): run["accuracy"] for run in results["runs"]}
+    assert set(runs) == {("original", None), ("original+augment-online", "estimator")}
+    assert [(entry["setting"], entry["weights"]) for entry in results["skipped"]] == [
+        ("original+augment-online", "plain")
+    ]
+    assert results["config"]["augment_p"] == 0.75 and ", p=0.75 per batch" in format_table2(results)
+    again = _run(mnist_root, cgn_checkpoint, tmp_path / "b", **options)
+    assert again["runs"] == [{**run, "seconds": again["runs"][i]["seconds"]} for i, run in enumerate(results["runs"])]
+    other_p = _run(mnist_root, cgn_checkpoint, tmp_path / "c", **{**options, "augment_p": 0.25})
+    with pytest.raises(ValueError, match="'augment_p'"):
+        merge_table2([results, other_p])
+    with pytest.raises(ValueError, match="`augment_p`"):
+        _run(mnist_root, cgn_checkpoint, tmp_path / "d", **{**options, "augment_p": 1.5})
 
 
 def test_run_table2_keeps_finished_runs_when_interrupted(mnist_root, cgn_checkpoint, tmp_path, monkeypatch):

@@ -8,8 +8,11 @@ de-biased test split, where colour or texture is independent of the digit:
 * ``"cf"``: counterfactual images only (what the authors' code actually trains);
 * ``"original+augment"``: the biased split plus counterfactuals of *real* training digits made by
   ``CounterfactualAugment`` without labels: each keeps its digit's real shape (the backend's mask estimator) and
-  gets a generated texture and background of uniformly drawn classes. Not in the paper: it measures cfaug's
-  transform in the paper's experiment.
+  gets a generated texture and background of uniformly drawn classes;
+* ``"original+augment-online"``: the biased split with ``CounterfactualAugment(p=augment_p)`` applied to every
+  training batch, as a user puts it in a training loop: each epoch replaces a fresh share of the real images.
+
+The last two are not in the paper: they measure cfaug's transform in the paper's experiment.
 
 Counterfactuals come from a CGN backend (a cfaug checkpoint, or one of the authors' ``.pth`` files imported with
 ``MnistBackend.import_weights``), sampled with the authors' protocol: shape class uniform, texture and background
@@ -36,7 +39,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cfaug._utils import atomic_write, check_positive_int, verify_str_arg
+from cfaug._utils import atomic_write, check_positive_int, check_probability, verify_str_arg
 from cfaug.backends.base import Backend
 from cfaug.seeding import draw_seeds, mix_seed
 
@@ -72,7 +75,9 @@ __all__ = [
 ]
 
 VARIANTS: tuple[str, ...] = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
-SETTINGS: tuple[str, ...] = ("original", "original+cf", "cf", "original+augment")
+SETTINGS: tuple[str, ...] = ("original", "original+cf", "cf", "original+augment", "original+augment-online")
+# The rows that cut real digits out, which needs weights with a mask estimator.
+_REAL_SHAPE_SETTINGS = ("original+augment", "original+augment-online")
 
 #: Test accuracy (%) in the paper's Table 2. The paper has no counterfactual-only row.
 PAPER_TABLE2: dict[str, dict[str, float]] = {
@@ -86,6 +91,7 @@ _SETTING_LABELS = {
     "original+cf": "Original + CF",
     "cf": "CF only",
     "original+augment": "Original + CounterfactualAugment",
+    "original+augment-online": "Original, CounterfactualAugment per batch",
 }
 # Seed streams: each random part of a run has its own stream, so changing one leaves the others' draws alone.
 (
@@ -96,7 +102,8 @@ _SETTING_LABELS = {
     _STREAM_REAL_PICK,
     _STREAM_REAL_CLASSES,
     _STREAM_REAL_NOISE,
-) = range(1, 8)
+    _STREAM_ONLINE,
+) = range(1, 9)
 _SETTING_STREAMS = {setting: 10 * (i + 1) for i, setting in enumerate(SETTINGS)}
 
 
@@ -411,6 +418,7 @@ def train_classifier(
     lr: float = 1.0,
     gamma: float = 0.7,
     max_real: int | None = None,
+    real_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str = "cpu",
     progress: bool = False,
 ) -> ShapeClassifier:
@@ -433,6 +441,9 @@ def train_classifier(
         lr: Adadelta learning rate.
         gamma: learning-rate decay per epoch.
         max_real: use only the first ``max_real`` real images (``None``: all).
+        real_transform: applied to the real images of every batch (float in [0, 1], on ``device``) before the
+            step, e.g. ``CounterfactualAugment(backend, p=0.5, labels_getter=None)``; their labels are kept.
+            Seed its own generator for a reproducible run.
         device: torch device.
         progress: show a progress bar.
 
@@ -472,7 +483,10 @@ def train_classifier(
             # Indices below num_real are real images, the rest counterfactuals (uint8, made float here).
             is_real = batch < num_real
             real_index = batch[is_real].to(device, non_blocking=True)
-            images, labels = [real_images[real_index]], [real_labels[real_index]]
+            real_batch = real_images[real_index]
+            if real_transform is not None and len(real_batch):
+                real_batch = real_transform(real_batch)
+            images, labels = [real_batch], [real_labels[real_index]]
             if num_cf:
                 cf_index = (batch[~is_real] - num_real).to(device, non_blocking=True)
                 images.append(cf_images[cf_index].to(torch.float32) / 255)
@@ -582,6 +596,7 @@ def run_table2(
     batch_size: int = 64,
     max_train_images: int | None = None,
     dataset_seed: int = 0,
+    augment_p: float = 0.5,
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -590,8 +605,9 @@ def run_table2(
     The ``"original"`` setting does not use a CGN: it runs once per seed and is shared by all weights columns.
     Each set of weights generates its counterfactuals once per seed (``num_counterfactuals`` images), used by both
     ``"original+cf"`` and ``"cf"``; ``"original+augment"`` makes as many from real training images
-    (``real_shape_counterfactuals``). Weights without a mask estimator (the authors' imported ones) cannot make
-    those: their ``"original+augment"`` run is skipped and listed, with the reason, in ``skipped``. Accuracies
+    (``real_shape_counterfactuals``), and ``"original+augment-online"`` makes them per batch with probability
+    ``augment_p``. Weights without a mask estimator (the authors' imported ones) cannot cut real digits out: their
+    runs of these two settings are skipped and listed, with the reason, in ``skipped``. Accuracies
     are on the de-biased test split. ``results.json`` is rewritten after every finished run (``"complete": false``
     until the last), so an interrupted experiment keeps what it measured.
 
@@ -609,6 +625,7 @@ def run_table2(
         batch_size: training batch size (the authors: 64).
         max_train_images: use only the first N real training images (quick runs); ``None`` for all.
         dataset_seed: seed of the datasets' own draws (fixed across run seeds, so every run sees one test set).
+        augment_p: ``CounterfactualAugment``'s ``p`` in ``"original+augment-online"``.
         device: torch device.
         progress: show progress bars.
 
@@ -622,6 +639,7 @@ def run_table2(
         TypeError, ValueError: an argument has the wrong type or value (the message names it).
     """
     from cfaug.demo import counterfactual_grid, save_grid
+    from cfaug.transforms import CounterfactualAugment
 
     verify_str_arg(variant, "variant", VARIANTS)
     weights = _check_weights(weights)
@@ -631,6 +649,7 @@ def run_table2(
     check_positive_int(num_counterfactuals, "num_counterfactuals")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(dataset_seed, "dataset_seed", allow_zero=True)
+    check_probability(augment_p, "augment_p")
     if max_train_images is not None:
         check_positive_int(max_train_images, "max_train_images")
     out = Path(out_dir)
@@ -655,6 +674,7 @@ def run_table2(
                 "batch_size": batch_size,
                 "max_train_images": max_train_images,
                 "dataset_seed": dataset_seed,
+                "augment_p": augment_p,
                 "num_test_images": len(test_set),
                 "weights": {name: _describe_weights(source) for name, source in weights.items()},
                 "texture_root": None if texture_root is None else str(texture_root),
@@ -678,12 +698,13 @@ def run_table2(
             train_tensors = tuple(t.to(device) for t in split_tensors(train_set, max_train_images))
         return train_tensors
 
-    def record(setting: str, name: str | None, seed: int, counterfactuals: Any = None) -> None:
+    def record(setting: str, name: str | None, seed: int, counterfactuals: Any = None, real_transform: Any = None):
         started = time.perf_counter()
         model = train_classifier(
             None if setting == "cf" else real_tensors(),
             counterfactuals,
             seed=mix_seed(seed, _SETTING_STREAMS[setting]),
+            real_transform=real_transform,
             **train_options,
         )
         metrics = evaluate_classifier(model, test_set, device=device)
@@ -710,23 +731,31 @@ def run_table2(
                 for setting in ("original+cf", "cf"):
                     if setting in settings:
                         record(setting, name, seed, counterfactuals)
-            if "original+augment" not in settings:
+            real_shape_settings = [setting for setting in _REAL_SHAPE_SETTINGS if setting in settings]
+            if not real_shape_settings:
                 continue
             if not backend.has_mask_estimator:
                 reason = f"weights {_describe_weights(source)!r} have no mask estimator to cut real digits out"
                 if not any(entry["weights"] == name for entry in skipped):
-                    skipped.append({"setting": "original+augment", "weights": name, "reason": reason})
+                    skipped += [
+                        {"setting": setting, "weights": name, "reason": reason} for setting in real_shape_settings
+                    ]
                     save(complete=False)
                 continue
-            counterfactuals = real_shape_counterfactuals(
-                backend, real_tensors(), num_counterfactuals, seed, progress=progress
-            )
             grid_name = f"{name} (real shapes)"
             if grid_name not in grids:
                 path = out / f"real_shape_grid_{variant}_{name}.png"
                 save_grid(_real_shape_grid(backend, real_tensors()[0], dataset_seed), path, nrow=_GRID_COLUMNS + 1)
                 grids[grid_name] = path.name
-            record("original+augment", name, seed, counterfactuals)
+            if "original+augment" in settings:
+                counterfactuals = real_shape_counterfactuals(
+                    backend, real_tensors(), num_counterfactuals, seed, progress=progress
+                )
+                record("original+augment", name, seed, counterfactuals)
+            if "original+augment-online" in settings:
+                online = torch.Generator().manual_seed(mix_seed(seed, _STREAM_ONLINE))
+                augment = CounterfactualAugment(backend, p=augment_p, labels_getter=None, generator=online)
+                record("original+augment-online", name, seed, real_transform=augment)
 
     return save(complete=True)
 
@@ -798,6 +827,12 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 )
             runs[key] = dict(run)
     skipped = [entry for index, entry in enumerate(all_skipped) if entry not in all_skipped[:index]]
+    # augment_p only matters to the per-batch row, so only the parts that ran it must agree on it.
+    online_ps = {
+        part["config"].get("augment_p") for part in parts if "original+augment-online" in part["config"]["settings"]
+    }
+    if len(online_ps) > 1:
+        raise ValueError(f"`parts` should share 'augment_p' for the per-batch row, but have {sorted(online_ps)}.")
     merged_runs = sorted(runs.values(), key=lambda run: (run["seed"], SETTINGS.index(run["setting"])))
     settings = [setting for setting in SETTINGS if setting in settings]
     config = {key: first["config"].get(key) for key in _MERGED_CONFIG_KEYS}
@@ -807,6 +842,7 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         num_counterfactuals=next(iter(counts.values())) if len(set(counts.values())) == 1 else counts,
         weights=weights,
         device=sorted({str(part["config"].get("device")) for part in parts}),
+        augment_p=next(iter(online_ps)) if online_ps else None,
     )
     return {
         "variant": variant,
@@ -881,7 +917,8 @@ def format_table2(results: Mapping[str, Any]) -> str:
     header.append("paper (test %)")
     lines = [
         f"**{results['variant']}**: {config['epochs']} epochs, seeds {config['seeds']}, "
-        f"{_counterfactual_counts(config['num_counterfactuals'])}, {config['num_test_images']} test images",
+        f"{_counterfactual_counts(config['num_counterfactuals'])}, {config['num_test_images']} test images"
+        + (f", p={config['augment_p']} per batch" if "original+augment-online" in summary else ""),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -938,6 +975,9 @@ def add_evaluate_mnist_arguments(parser: argparse.ArgumentParser) -> argparse.Ar
     )
     parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="rows to run")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="run seeds (default 0 1 2)")
+    parser.add_argument(
+        "--augment-p", type=float, default=0.5, help="CounterfactualAugment's p per batch (original+augment-online)"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="classifier epochs (default 10, as the paper)")
     parser.add_argument(
         "--num-counterfactuals", type=int, default=50_000, help="counterfactuals per weights and seed (default 50000)"
@@ -990,6 +1030,7 @@ def run_evaluate_mnist(args: argparse.Namespace) -> int:
         out_dir=args.out_dir,
         batch_size=args.batch_size,
         max_train_images=args.max_train_images,
+        augment_p=args.augment_p,
         device=args.device,
         progress=args.progress,
     )
