@@ -607,9 +607,10 @@ def run_table2(
     ``"original+cf"`` and ``"cf"``; ``"original+augment"`` makes as many from real training images
     (``real_shape_counterfactuals``), and ``"original+augment-online"`` makes them per batch with probability
     ``augment_p``. Weights without a mask estimator (the authors' imported ones) cannot cut real digits out: their
-    runs of these two settings are skipped and listed, with the reason, in ``skipped``. Accuracies
-    are on the de-biased test split. ``results.json`` is rewritten after every finished run (``"complete": false``
-    until the last), so an interrupted experiment keeps what it measured.
+    runs of these two settings are skipped and listed, with the reason, in ``skipped``.
+
+    Accuracies are on the de-biased test split. ``results.json`` is rewritten after every finished run
+    (``"complete": false`` until the last), so an interrupted experiment keeps what it measured.
 
     Args:
         variant: one of ``VARIANTS``.
@@ -698,7 +699,13 @@ def run_table2(
             train_tensors = tuple(t.to(device) for t in split_tensors(train_set, max_train_images))
         return train_tensors
 
-    def record(setting: str, name: str | None, seed: int, counterfactuals: Any = None, real_transform: Any = None):
+    def record(
+        setting: str,
+        name: str | None,
+        seed: int,
+        counterfactuals: tuple[torch.Tensor, torch.Tensor] | None = None,
+        real_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         started = time.perf_counter()
         model = train_classifier(
             None if setting == "cf" else real_tensors(),
