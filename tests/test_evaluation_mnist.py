@@ -172,6 +172,10 @@ def test_real_shape_counterfactuals_are_seeded_and_batch_independent():
     # 30 from 12 images: each image twice, then 6 of them a third time.
     counts = torch.bincount(labels, minlength=10)
     assert int(counts.sum()) == 30 and int(counts.max()) <= 2 * 3
+    # With one label per image the picks show: every image twice before any a third time.
+    _, per_image = real_shape_counterfactuals(backend, (real[0], torch.arange(12)), 30, seed=5)
+    per_image_counts = torch.bincount(per_image, minlength=12)
+    assert int(per_image_counts.min()) == 2 and int(per_image_counts.max()) == 3
     other, _ = real_shape_counterfactuals(backend, real, 30, seed=6)
     assert not torch.equal(made, other)
 

@@ -19,8 +19,9 @@ Counterfactuals come from a CGN backend (a cfaug checkpoint, or one of the autho
 classes uniform and independent of it, labelled by the shape class. They are generated once per (weights, seed)
 and reused by both counterfactual settings; the real-shape ones come from the same backend and its mask estimator.
 
-``run_table2`` runs every (setting, weights, seed), writes ``results.json`` and a counterfactual grid PNG per set
-of weights, and ``format_table2`` prints the result next to the paper's numbers.
+``run_table2`` runs every (setting, weights, seed), writes ``results.json``, a counterfactual grid PNG per set of
+weights (and, for the real-shape rows, a PNG of real digits beside their counterfactuals), and ``format_table2``
+prints the result next to the paper's numbers.
 
 Examples:
     >>> results = run_table2(  # doctest: +SKIP
