@@ -526,9 +526,10 @@ def test_forced_collapse_raises_and_is_logged(mnist_root, tmp_path, monkeypatch)
     assert (tmp_path / "samples" / "step-000002.png").exists()  # the evidence is saved
     assert not (tmp_path / "final.safetensors").exists()  # nothing is exported
 
-    with pytest.warns(RuntimeWarning, match="Mask collapse detected"):
+    with pytest.warns(RuntimeWarning, match="Mask collapse detected") as warned:
         train_cgn_mnist(dataclasses.replace(config, collapse_action="warn"), tmp_path / "warn")
     assert (tmp_path / "warn" / "final.safetensors").exists()
+    assert {Path(w.filename).name for w in warned} == {Path(__file__).name}  # points at the caller's line
 
 
 def test_healthy_masks_do_not_trigger_the_detector(mnist_root, tmp_path, monkeypatch):

@@ -85,6 +85,14 @@ from cfaug.distributed import (
 )
 from cfaug.seeding import mix_seed
 from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
+from cfaug.training._runs import (
+    check_resumable,
+    flatten_optimizer,
+    prefixed,
+    truncate_stats,
+    unflatten_optimizer,
+    unprefixed,
+)
 from cfaug.training.config import json_ready
 from cfaug.version import __version__
 
@@ -736,20 +744,6 @@ class _EvalItems(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
-def _truncate_stats(path: Path, last_step: int) -> None:
-    """Keep the stats lines up to ``last_step``: the interrupted run may have logged past its last checkpoint."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            record = json.loads(line)
-            if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
-                kept.append(line)
-    with atomic_write(path, "w") as handle:
-        handle.write("".join(line + "\n" for line in kept))
-
-
 class ClassifierTrainer:
     """Trains the invariant ensemble as a ``ClassifierConfig`` says, in a run folder (see the module documentation).
 
@@ -875,7 +869,7 @@ class ClassifierTrainer:
             if self.step == 0:
                 self.stats_path.unlink(missing_ok=True)
             else:
-                _truncate_stats(self.stats_path, self.step)
+                truncate_stats(self.stats_path, self.step)
             with atomic_write(self.run_dir / "config.json", "w") as handle:
                 json.dump({"config": config.to_dict(), "resolved": self.resolved()}, handle, indent=2)
                 handle.write("\n")
@@ -922,21 +916,14 @@ class ClassifierTrainer:
     def _save_state(self) -> None:
         if not self.info.is_main:
             return
-        tensors = {f"model.{name}": tensor for name, tensor in self.model.state_dict().items()}
-        state = self.optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for index, values in state["state"].items():
-            for key, value in values.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optimizer.state.{index}.{key}"] = value
-                else:
-                    scalars.setdefault(str(index), {})[key] = value
+        optimizer_tensors, optimizer_meta = flatten_optimizer("optimizer", self.optimizer)
+        tensors = {**prefixed("model", self.model), **optimizer_tensors}
         meta = {
             "kind": STATE_KIND,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "config": self.config.to_dict(),
-            "optimizer": {"param_groups": json_ready(state["param_groups"]), "scalars": scalars},
+            "optimizer": optimizer_meta,
         }
         save_checkpoint(self.checkpoint_path, tensors, meta)
 
@@ -945,29 +932,10 @@ class ClassifierTrainer:
         meta = checkpoint.meta
         if meta.get("kind") != STATE_KIND:
             raise CheckpointError(f"{str(self.checkpoint_path)!r} is not a classifier training state.")
-        saved = ClassifierConfig.from_dict(meta["config"])
-        differing = [
-            f.name
-            for f in dataclasses.fields(ClassifierConfig)
-            if f.name not in RESUMABLE_CLASSIFIER_FIELDS and getattr(saved, f.name) != getattr(self.config, f.name)
-        ]
-        if differing:
-            details = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(self.config, n)!r}" for n in differing)
-            raise ValueError(
-                f"The run folder holds a run with another recipe ({details}). Only "
-                f"{sorted(RESUMABLE_CLASSIFIER_FIELDS)} may change when resuming; use a new run folder."
-            )
-        model_state = {k.removeprefix("model."): v for k, v in checkpoint.state_dict.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state, strict=True)
-        optimizer_state: dict[int, dict[str, Any]] = {}
-        marker = "optimizer.state."
-        for name, tensor in checkpoint.state_dict.items():
-            if name.startswith(marker):
-                index, key = name[len(marker) :].split(".", 1)
-                optimizer_state.setdefault(int(index), {})[key] = tensor
-        for index, values in meta["optimizer"]["scalars"].items():
-            optimizer_state.setdefault(int(index), {}).update(values)
-        self.optimizer.load_state_dict({"state": optimizer_state, "param_groups": meta["optimizer"]["param_groups"]})
+        check_resumable(ClassifierConfig.from_dict(meta["config"]), self.config, RESUMABLE_CLASSIFIER_FIELDS)
+        tensors = checkpoint.state_dict
+        self.model.load_state_dict(unprefixed("model", tensors), strict=True)
+        self.optimizer.load_state_dict(unflatten_optimizer("optimizer", tensors, meta["optimizer"]))
         self.step = int(meta["step"])
         self.train_seconds = float(meta.get("train_seconds", 0.0))
 

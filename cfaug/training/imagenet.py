@@ -39,7 +39,6 @@ import io
 import json
 import os
 import platform
-import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,16 +63,19 @@ from cfaug.distributed import device_for_rank
 from cfaug.functional import composite
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
+from cfaug.training._runs import (
+    Cadence,
+    check_resumable,
+    flatten_optimizer,
+    prefixed,
+    run_steps,
+    truncate_stats,
+    unflatten_optimizer,
+    unprefixed,
+)
 from cfaug.training.config import json_ready
 from cfaug.training.features import VGG16_LAYER_INDICES, build_feature_network
 from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
-from cfaug.training.mnist import (
-    _check_resumable,
-    _deferred_interrupt,
-    _flatten_optimizer,
-    _truncate_stats,
-    _unflatten_optimizer,
-)
 from cfaug.version import __version__
 
 __all__ = [
@@ -350,15 +352,6 @@ def _resolve_device(config: ImageNetTrainConfig) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _prefixed(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
-
-
-def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    marker = prefix + "."
-    return {k[len(marker) :]: v for k, v in tensors.items() if k.startswith(marker)}
-
-
 def _to_unit(images: torch.Tensor) -> torch.Tensor:
     """BigGAN's [-1, 1] images to [0, 1] (a fixed map, not the authors' per-image min-max normalisation)."""
     return ((images.float() + 1) / 2).clamp(0, 1)
@@ -454,7 +447,7 @@ class ImageNetTrainer:
                     f"{str(self.checkpoint_path)!r} is not a training state written by train_cgn_imagenet "
                     f"(kind {meta.get('kind')!r}, expected {CHECKPOINT_KIND!r})."
                 )
-            _check_resumable(ImageNetTrainConfig.from_dict(meta["config"]), config, IMAGENET_RESUMABLE_FIELDS)
+            check_resumable(ImageNetTrainConfig.from_dict(meta["config"]), config, IMAGENET_RESUMABLE_FIELDS)
             # A resumed run takes every network from its checkpoint: the pretrained files need not be at hand.
             biggan_config = check_biggan_config(meta["biggan_config"])
             self.ground_truth = build_biggan(biggan_config, seed=0)
@@ -550,10 +543,10 @@ class ImageNetTrainer:
         """Write ``checkpoints/latest.safetensors``: everything needed to continue the run (rank 0)."""
         if not self.world.is_main:
             return
-        tensors = {**_prefixed("model", self.backend), **_prefixed("ground_truth", self.ground_truth)}
+        tensors = {**prefixed("model", self.backend), **prefixed("ground_truth", self.ground_truth)}
         optimizer_meta = {}
         for name, optimizer in self.optimizers.items():
-            flat, meta = _flatten_optimizer(f"opt_{name}", optimizer)
+            flat, meta = flatten_optimizer(f"opt_{name}", optimizer)
             tensors.update(flat)
             optimizer_meta[name] = meta
         meta = {
@@ -577,10 +570,10 @@ class ImageNetTrainer:
                 f"The run was trained with the feature network {meta['resolved']['feature_net']!r}, but this machine "
                 f"resolves `feature_net` to {self.feature_description!r}; pass the original one to resume."
             )
-        self.backend.load_state_dict(_unprefixed("model", tensors), strict=True)
-        self.ground_truth.load_state_dict(_unprefixed("ground_truth", tensors), strict=True)
+        self.backend.load_state_dict(unprefixed("model", tensors), strict=True)
+        self.ground_truth.load_state_dict(unprefixed("ground_truth", tensors), strict=True)
         for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(_unflatten_optimizer(f"opt_{name}", tensors, meta["optimizers"][name]))
+            optimizer.load_state_dict(unflatten_optimizer(f"opt_{name}", tensors, meta["optimizers"][name]))
         self.step = int(meta["step"])
         self.train_seconds = float(meta["train_seconds"])
 
@@ -762,6 +755,10 @@ class ImageNetTrainer:
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item() > 0)
 
+    def progress_postfix(self, values: dict[str, float]) -> dict[str, str]:
+        """What the progress bar shows after each step."""
+        return {"loss": f"{values['loss_total']:.3f}", "area": f"{values['mask_area']:.2f}"}
+
     def close(self) -> None:
         """Leave the process group if this run created it."""
         if self.world.owns_group and dist.is_initialized():
@@ -779,7 +776,7 @@ class ImageNetTrainer:
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if self.step > 0:
-                _truncate_stats(self.stats_path, self.step)
+                truncate_stats(self.stats_path, self.step)
             else:
                 self.stats_path.unlink(missing_ok=True)
         self.write_config()
@@ -797,29 +794,17 @@ class ImageNetTrainer:
             disable=not (config.progress and self.world.is_main),
             dynamic_ncols=True,
         )
-        with bar, _deferred_interrupt() as interrupted:
-            while self.step < config.steps:
-                started = time.perf_counter()
-                values = self.train_step()
-                seconds = time.perf_counter() - started
-                self.train_seconds += seconds
-                self.accumulate(values, seconds)
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['loss_total']:.3f}", area=f"{values['mask_area']:.2f}", refresh=False)
-                final = self.step == config.steps
-                stop = self._any_rank(interrupted())
-                if self.step % config.log_every == 0 or final:
-                    self.log()
-                if self.step % config.sample_every == 0 or final:
-                    self.save_samples()
-                if self.step % config.checkpoint_every == 0 or final or stop:
-                    self.save_state()
-                    self._barrier()
-                if stop:
-                    raise KeyboardInterrupt(
-                        f"Training interrupted after step {self.step}; {self.checkpoint_path} holds the state. "
-                        "Run the same command again to continue."
-                    )
+        run_steps(
+            self,
+            Cadence(config.steps, config.log_every, config.sample_every, config.checkpoint_every),
+            bar,
+            interrupted_message=(
+                f"Training interrupted after step {{step}}; {self.checkpoint_path} holds the state. "
+                "Run the same command again to continue."
+            ),
+            stop_requested=self._any_rank,
+            after_checkpoint=self._barrier,
+        )
         return self.export()
 
 

@@ -35,16 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import json
-import math
 import os
 import platform
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +54,17 @@ from cfaug.checkpoint import load_checkpoint, save_checkpoint
 from cfaug.functional import composite
 from cfaug.seeding import mix_seed
 from cfaug.training import losses
-from cfaug.training.config import RESUMABLE_FIELDS, TrainConfig, json_ready
+from cfaug.training._runs import (
+    Cadence,
+    check_resumable,
+    flatten_optimizer,
+    prefixed,
+    run_steps,
+    truncate_stats,
+    unflatten_optimizer,
+    unprefixed,
+)
+from cfaug.training.config import RESUMABLE_FIELDS, TrainConfig
 from cfaug.training.discriminators import build_discriminator
 from cfaug.training.features import VGG16_LAYER_INDICES, VGG16_LAYER_NAMES, FeatureNetwork, build_feature_network
 from cfaug.training.monitor import (
@@ -123,42 +129,6 @@ class _DataOrder:
         return torch.cat(parts)
 
 
-# ---------------------------------------------------------------------------------------- checkpoints
-def _flatten_optimizer(prefix: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{prefix}.state.{index}.{key}"] = value
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    return tensors, {"param_groups": json_ready(state["param_groups"]), "scalars": scalars}
-
-
-def _unflatten_optimizer(prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    marker = f"{prefix}.state."
-    for name, tensor in tensors.items():
-        if name.startswith(marker):
-            index, key = name[len(marker) :].split(".", 1)
-            state.setdefault(int(index), {})[key] = tensor
-    for index, values in meta["scalars"].items():
-        state.setdefault(int(index), {}).update(values)
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g) for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _prefixed(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
-
-
-def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    marker = prefix + "."
-    return {k[len(marker) :]: v for k, v in tensors.items() if k.startswith(marker)}
-
-
 # ------------------------------------------------------------------------------------------- helpers
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module) -> Generator[nn.Module, None, None]:
@@ -200,37 +170,6 @@ def _ema_beta(config: TrainConfig, images_seen: int) -> float:
     if config.ema_rampup is not None:
         half_life = min(half_life, images_seen * config.ema_rampup)
     return 0.5 ** (config.batch_size / max(half_life, 1e-8))
-
-
-def _check_resumable(saved: Any, wanted: Any, resumable: frozenset[str] = RESUMABLE_FIELDS) -> None:
-    """Raise when two configs (dataclasses of one type) differ in a field outside ``resumable``."""
-    differing = [
-        f.name
-        for f in dataclasses.fields(type(saved))
-        if f.name not in resumable and getattr(saved, f.name) != getattr(wanted, f.name)
-    ]
-    if differing:
-        details = ", ".join(f"{n}: {getattr(saved, n)!r} -> {getattr(wanted, n)!r}" for n in differing)
-        raise ValueError(
-            f"The run folder holds a run with another recipe ({details}). Only {sorted(resumable)} may "
-            "change when resuming; use a new run folder for a new recipe."
-        )
-
-
-def _truncate_stats(path: Path, last_step: int) -> None:
-    """Keep the stats lines up to ``last_step``: the interrupted run may have logged past its last checkpoint."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the interruption
-            continue
-        if isinstance(record, dict) and record.get("step", math.inf) <= last_step:
-            kept.append(line)
-    with atomic_write(path, "w") as handle:
-        handle.write("".join(line + "\n" for line in kept))
 
 
 class _Run:
@@ -327,13 +266,13 @@ class _Run:
         }
 
     def save_state(self) -> None:
-        tensors = {**_prefixed("G", self.generator), **_prefixed("D", self.discriminator)}
+        tensors = {**prefixed("G", self.generator), **prefixed("D", self.discriminator)}
         if self.generator_ema is not None:
-            tensors.update(_prefixed("G_ema", self.generator_ema))
+            tensors.update(prefixed("G_ema", self.generator_ema))
         if self.teacher is not None:
-            tensors.update(_prefixed("S", self.teacher))
-        opt_g_tensors, opt_g_meta = _flatten_optimizer("opt_g", self.optimizer_g)
-        opt_d_tensors, opt_d_meta = _flatten_optimizer("opt_d", self.optimizer_d)
+            tensors.update(prefixed("S", self.teacher))
+        opt_g_tensors, opt_g_meta = flatten_optimizer("opt_g", self.optimizer_g)
+        opt_d_tensors, opt_d_meta = flatten_optimizer("opt_d", self.optimizer_d)
         tensors.update(opt_g_tensors)
         tensors.update(opt_d_tensors)
         meta = {
@@ -357,7 +296,7 @@ class _Run:
                 f"{str(self.checkpoint_path)!r} is not a training state written by train_cgn_mnist "
                 f"(kind {meta.get('kind')!r}, expected {CHECKPOINT_KIND!r})."
             )
-        _check_resumable(TrainConfig.from_dict(meta["config"]), self.config)
+        check_resumable(TrainConfig.from_dict(meta["config"]), self.config, RESUMABLE_FIELDS)
         if meta["resolved"] != self.resolved():
             raise ValueError(
                 f"The run was trained with {meta['resolved']}, but this machine resolves the config to "
@@ -365,17 +304,17 @@ class _Run:
                 "feature_net explicitly to resume."
             )
         tensors = checkpoint.state_dict
-        self.generator.load_state_dict(_unprefixed("G", tensors), strict=True)
-        self.discriminator.load_state_dict(_unprefixed("D", tensors), strict=True)
+        self.generator.load_state_dict(unprefixed("G", tensors), strict=True)
+        self.discriminator.load_state_dict(unprefixed("D", tensors), strict=True)
         if self.generator_ema is not None:
-            self.generator_ema.load_state_dict(_unprefixed("G_ema", tensors), strict=True)
+            self.generator_ema.load_state_dict(unprefixed("G_ema", tensors), strict=True)
         if self.config.shape_teacher_steps:
             self.teacher = MaskClassifier(self.generator.num_classes).to(self.device)
-            self.teacher.load_state_dict(_unprefixed("S", tensors), strict=True)
+            self.teacher.load_state_dict(unprefixed("S", tensors), strict=True)
             self.teacher.eval().requires_grad_(False)
             self.teacher_info = dict(meta.get("shape_teacher", {}))
-        self.optimizer_g.load_state_dict(_unflatten_optimizer("opt_g", tensors, meta["opt_g"]))
-        self.optimizer_d.load_state_dict(_unflatten_optimizer("opt_d", tensors, meta["opt_d"]))
+        self.optimizer_g.load_state_dict(unflatten_optimizer("opt_g", tensors, meta["opt_g"]))
+        self.optimizer_d.load_state_dict(unflatten_optimizer("opt_d", tensors, meta["opt_d"]))
         self.step = int(meta["step"])
         self.train_seconds = float(meta["train_seconds"])
 
@@ -506,7 +445,34 @@ class _Run:
             masks, self.probe_classes, monitored.num_classes, self.config.border_width, teacher=self.teacher
         )
 
-    def log(self) -> list[str]:
+    def progress_postfix(self, values: dict[str, float]) -> dict[str, str]:
+        """What the progress bar shows after each iteration."""
+        return {
+            "g": f"{values['g_total']:.3f}",
+            "d": f"{values['d_loss']:.3f}",
+            "area": f"{values['batch_mask_area']:.2f}",
+        }
+
+    def log(self) -> None:
+        """Append a stats line and act on collapse as ``config.collapse_action`` says.
+
+        Raises:
+            MaskCollapseError: the masks collapsed and ``collapse_action == "raise"`` (after a sample grid and a
+                checkpoint of the collapsed state are written).
+        """
+        problems = self.write_stats()
+        if not problems:
+            return
+        message = _collapse_message(self.config, self.step, problems, self.run_dir)
+        if self.config.collapse_action == "raise":
+            self.save_samples()
+            self.save_state()
+            raise MaskCollapseError(message)
+        if self.config.collapse_action == "warn":
+            # stacklevel 4: log, run_steps, train_cgn_mnist, then the caller of train_cgn_mnist
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+    def write_stats(self) -> list[str]:
         """Append a stats line; return the collapse symptoms (empty when healthy or not armed yet)."""
         config = self.config
         stats = self.probe()
@@ -571,31 +537,6 @@ class _Run:
         return self.final_path
 
 
-@contextlib.contextmanager
-def _deferred_interrupt() -> Generator[Callable[[], bool], None, None]:
-    """Turn the first Ctrl-C into a flag checked between iterations, so the run stops at a consistent state.
-
-    A second Ctrl-C interrupts at once (the default behaviour). Outside the main thread signals cannot be caught,
-    and Ctrl-C interrupts at once as usual (the last periodic checkpoint then holds the state).
-    """
-    requested = False
-
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal requested
-        requested = True
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C: stop now
-
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: requested
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _collapse_message(config: TrainConfig, step: int, problems: list[str], run_dir: Path) -> str:
     return (
         f"Mask collapse detected at iteration {step} of the {config.variant} CGN: "
@@ -655,7 +596,7 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
             run = _Run(config, run_dir)
             if checkpoint_path.exists():
                 run.load_state()
-                _truncate_stats(run.stats_path, run.step)
+                truncate_stats(run.stats_path, run.step)
             else:
                 run.stats_path.unlink(missing_ok=True)
                 run.prepare_teacher()
@@ -663,7 +604,7 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
             if run.step >= config.steps:
                 return run.final_path if run.final_path.exists() else run.export()
             if run.step == 0:
-                run.log()  # the initial state, so that the stats start at step 0
+                run.write_stats()  # the initial state, so that the stats start at step 0
                 run.save_samples()
             bar = tqdm(
                 total=config.steps,
@@ -673,39 +614,15 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
                 disable=not config.progress,
                 dynamic_ncols=True,
             )
-            with bar, _deferred_interrupt() as interrupted:
-                while run.step < config.steps:
-                    started = time.perf_counter()
-                    values = run.train_step()
-                    seconds = time.perf_counter() - started
-                    run.train_seconds += seconds
-                    run.accumulate(values, seconds)
-                    bar.update(1)
-                    bar.set_postfix(
-                        g=f"{values['g_total']:.3f}",
-                        d=f"{values['d_loss']:.3f}",
-                        area=f"{values['batch_mask_area']:.2f}",
-                        refresh=False,
-                    )
-                    final = run.step == config.steps
-                    problems = run.log() if run.step % config.log_every == 0 or final else []
-                    if problems:
-                        message = _collapse_message(config, run.step, problems, run_dir)
-                        if config.collapse_action == "raise":
-                            run.save_samples()
-                            run.save_state()
-                            raise MaskCollapseError(message)
-                        if config.collapse_action == "warn":
-                            warnings.warn(message, RuntimeWarning, stacklevel=2)
-                    if run.step % config.sample_every == 0 or final:
-                        run.save_samples()
-                    if run.step % config.checkpoint_every == 0 or final or interrupted():
-                        run.save_state()
-                    if interrupted():
-                        raise KeyboardInterrupt(
-                            f"Training interrupted after iteration {run.step}; {checkpoint_path} holds the state. "
-                            "Call train_cgn_mnist again with the same run folder to continue."
-                        )
+            run_steps(
+                run,
+                Cadence(config.steps, config.log_every, config.sample_every, config.checkpoint_every),
+                bar,
+                interrupted_message=(
+                    f"Training interrupted after iteration {{step}}; {checkpoint_path} holds the state. "
+                    "Call train_cgn_mnist again with the same run folder to continue."
+                ),
+            )
             return run.export()
     finally:
         torch.set_num_threads(previous_threads)

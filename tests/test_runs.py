@@ -1,0 +1,153 @@
+"""The pieces every trainer shares (``cfaug.training._runs``): checkpoint tensors, resuming checks, the stats file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cfaug.checkpoint import load_checkpoint, save_checkpoint
+from cfaug.training._runs import (
+    Cadence,
+    check_resumable,
+    flatten_optimizer,
+    prefixed,
+    run_steps,
+    truncate_stats,
+    unflatten_optimizer,
+    unprefixed,
+)
+
+
+def _stepped(optimizer_class: type[torch.optim.Optimizer], **options) -> tuple[nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    optimizer = optimizer_class(model.parameters(), lr=0.1, **options)
+    for _ in range(3):
+        model(torch.randn(8, 3)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model, optimizer
+
+
+@pytest.mark.parametrize(
+    ("optimizer_class", "options"),
+    [(torch.optim.Adam, {"betas": (0.5, 0.999)}), (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 1e-4})],
+)
+def test_a_state_saved_and_loaded_continues_exactly(tmp_path, optimizer_class, options):
+    model, optimizer = _stepped(optimizer_class, **options)
+    tensors, meta = flatten_optimizer("opt", optimizer)
+    save_checkpoint(tmp_path / "state.safetensors", {**prefixed("model", model), **tensors}, {"opt": meta})
+
+    loaded = load_checkpoint(tmp_path / "state.safetensors")
+    twin, twin_optimizer = _stepped(optimizer_class, **options)
+    for parameter in twin.parameters():  # make sure the load, not the shared seed, restores the weights
+        nn.init.zeros_(parameter)
+    twin.load_state_dict(unprefixed("model", loaded.state_dict), strict=True)
+    twin_optimizer.load_state_dict(unflatten_optimizer("opt", loaded.state_dict, loaded.meta["opt"]))
+
+    batch = torch.randn(8, 3)
+    for net, opt in ((model, optimizer), (twin, twin_optimizer)):
+        net(batch).square().mean().backward()
+        opt.step()
+    for ours, theirs in zip(model.state_dict().values(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_unprefixed_keeps_only_its_prefix():
+    tensors = {"G.weight": torch.ones(1), "G_ema.weight": torch.zeros(1), "D.bias": torch.ones(2)}
+    assert list(unprefixed("G", tensors)) == ["weight"]
+
+
+@dataclasses.dataclass
+class _Config:
+    steps: int = 10
+    lr: float = 0.1
+
+
+def test_check_resumable_names_the_changed_field():
+    check_resumable(_Config(), _Config(steps=20), frozenset({"steps"}))
+    with pytest.raises(ValueError, match=r"lr: 0\.1 -> 0\.2.*Only \['steps'\] may change"):
+        check_resumable(_Config(), _Config(steps=20, lr=0.2), frozenset({"steps"}))
+
+
+def test_truncate_stats_drops_lines_past_the_checkpoint_and_a_cut_line(tmp_path):
+    path = tmp_path / "stats.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (0, 2, 4, 6)) + '{"step": 8, "lo')
+    truncate_stats(path, 4)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 2, 4]
+
+
+class _Bar:
+    def __init__(self):
+        self.updates = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        self.updates += n
+
+    def set_postfix(self, values, refresh):
+        self.postfix = values
+
+
+class _Recorder:
+    def __init__(self):
+        self.step, self.train_seconds, self.events = 0, 0.0, []
+
+    def train_step(self):
+        self.step += 1
+        return {"loss": 1.0 / self.step}
+
+    def accumulate(self, values, seconds):
+        self.events.append(("accumulate", self.step))
+
+    def progress_postfix(self, values):
+        return {"loss": f"{values['loss']:.2f}"}
+
+    def log(self):
+        self.events.append(("log", self.step))
+
+    def save_samples(self):
+        self.events.append(("samples", self.step))
+
+    def save_state(self):
+        self.events.append(("checkpoint", self.step))
+
+
+def test_run_steps_follows_the_cadence_and_always_finishes_the_last_step():
+    run, bar = _Recorder(), _Bar()
+    run_steps(run, Cadence(steps=5, log_every=2, sample_every=4, checkpoint_every=3), bar, interrupted_message="")
+    assert run.step == 5 and bar.updates == 5 and bar.postfix == {"loss": "0.20"}
+    chosen = [event for event in run.events if event[0] != "accumulate"]
+    assert chosen == [
+        ("log", 2),
+        ("checkpoint", 3),
+        ("log", 4),
+        ("samples", 4),
+        ("log", 5),
+        ("samples", 5),
+        ("checkpoint", 5),
+    ]
+
+
+def test_run_steps_checkpoints_and_stops_when_asked():
+    run, barriers = _Recorder(), []
+    with pytest.raises(KeyboardInterrupt, match="stopped after 2"):
+        run_steps(
+            run,
+            Cadence(steps=100, log_every=50, sample_every=50, checkpoint_every=50),
+            _Bar(),
+            interrupted_message="stopped after {step}",
+            stop_requested=lambda flag: run.step == 2,  # as if another rank saw Ctrl-C during step 2
+            after_checkpoint=lambda: barriers.append(run.step),
+        )
+    assert [event for event in run.events if event[0] == "checkpoint"] == [("checkpoint", 2)]
+    assert barriers == [2]
