@@ -35,37 +35,17 @@ from pathlib import Path
 import torch
 
 from cfaug._utils import atomic_write
-from cfaug.evaluation import SETTINGS, VARIANTS, format_table2, merge_table2, run_table2
-from cfaug.evaluation.mnist import parse_named_weights
+from cfaug.evaluation import VARIANTS, format_table2, merge_table2, run_table2
+from cfaug.evaluation.mnist import add_table2_options, weights_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The script's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="variants to run")
-    parser.add_argument(
-        "--weights",
-        type=parse_named_weights,
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="a CGN column; '{variant}' in PATH becomes the variant (e.g. runs/{variant}/cgn.safetensors)",
-    )
-    parser.add_argument(
-        "--authors-dir", default=None, help="folder with the authors' <variant>.pth (+ .cfg.yaml): an 'authors' column"
-    )
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="rows to run")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="run seeds (default 0 1 2)")
-    parser.add_argument("--augment-p", type=float, default=0.5, help="p of the per-batch CounterfactualAugment row")
-    parser.add_argument("--epochs", type=int, default=10, help="classifier epochs (default 10)")
-    parser.add_argument("--num-counterfactuals", type=int, default=50_000, help="per weights and seed (default 50000)")
-    parser.add_argument("--max-train-images", type=int, default=None, help="use only the first N real images")
-    parser.add_argument("--data-root", default="../shared/data", help="folder holding MNIST/ (default ../shared/data)")
-    parser.add_argument("--texture-root", default=None, help="Wildlife MNIST textures (default: procedural)")
+    add_table2_options(parser, data_root="../shared/data")
     parser.add_argument("--out-dir", default="runs/mnist_table2", help="results folder (default runs/mnist_table2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bars")
     parser.add_argument(
         "--merge", nargs="+", type=Path, default=None, metavar="RESULTS", help="merge these results.json files instead"
     )
@@ -99,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {machine}, {torch.get_num_threads()} threads, device {args.device}\n")
     for variant in args.variants:
-        weights = {name: path.replace("{variant}", variant) for name, path in args.weights}
-        if args.authors_dir is not None:
-            weights["authors"] = str(Path(args.authors_dir) / f"{variant}.pth")
+        weights = weights_from_args(args, variant)
         started = time.perf_counter()
         results = run_table2(
             variant,
@@ -113,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             data_root=args.data_root,
             texture_root=args.texture_root if variant == "wildlife_mnist" else None,
             out_dir=Path(args.out_dir) / variant,
+            batch_size=args.batch_size,
             max_train_images=args.max_train_images,
             augment_p=args.augment_p,
             device=args.device,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -522,9 +523,20 @@ def test_benchmark_script_merges_results_files(mnist_root, cgn_checkpoint, tmp_p
     spec = importlib.util.spec_from_file_location("mnist_table2_benchmark", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for seed in (0, 1):
-        _run(mnist_root, cgn_checkpoint, tmp_path / f"s{seed}", seeds=(seed,), settings=("original",))
-    files = [str(tmp_path / f"s{seed}" / "results.json") for seed in (0, 1)]
+    weights = shutil.copy(cgn_checkpoint, tmp_path / "colored_mnist.safetensors")
+    _run(mnist_root, str(weights), tmp_path / "s0", seeds=(0,), settings=("original",), batch_size=32)
+    # Seed 1 through the script itself, its weights named by a {variant} template.
+    template = str(tmp_path / "{variant}.safetensors")
+    options = ["--variants", "colored_mnist", "--settings", "original", "--seeds", "1", "--epochs", "1"]
+    options += ["--data-root", mnist_root, "--batch-size", "32", "--no-progress", "--out-dir", str(tmp_path / "s1")]
+    assert module.main([*options, "--weights", f"ours={template}"]) == 0
+    part = json.loads((tmp_path / "s1" / "colored_mnist" / "results.json").read_text())
+    assert part["config"]["batch_size"] == 32
+    assert part["config"]["weights"] == {"ours": str(tmp_path / "colored_mnist.safetensors")}
+    with pytest.raises(ValueError, match="`--weights` should name each column once"):
+        module.main([*options, "--weights", f"ours={template}", "--weights", f"ours={template}"])
+
+    files = [str(tmp_path / "s0" / "results.json"), str(tmp_path / "s1" / "colored_mnist" / "results.json")]
     assert module.main(["--merge", *files, "--merged-out", str(tmp_path / "merged.json")]) == 0
     assert "**colored_mnist**: 1 epochs, seeds [0, 1]" in capsys.readouterr().out
     merged = json.loads((tmp_path / "merged.json").read_text())

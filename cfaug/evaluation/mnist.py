@@ -59,6 +59,7 @@ __all__ = [
     "VARIANTS",
     "ShapeClassifier",
     "add_evaluate_mnist_arguments",
+    "add_table2_options",
     "evaluate_classifier",
     "format_table2",
     "generate_counterfactuals",
@@ -957,24 +958,24 @@ def parse_named_weights(text: str) -> tuple[str, str]:
     return name, path
 
 
-def add_evaluate_mnist_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``cfaug evaluate mnist`` to ``parser`` and return it.
+def add_table2_options(parser: argparse.ArgumentParser, *, data_root: str = "data") -> argparse.ArgumentParser:
+    """Add the experiment's options, shared by ``cfaug evaluate mnist`` and ``benchmarks/mnist_table2.py``.
 
-    Examples:
-        >>> parser = add_evaluate_mnist_arguments(argparse.ArgumentParser(prog="cfaug evaluate mnist"))
-        >>> args = parser.parse_args(["colored_mnist", "--out-dir", "t2", "--weights", "ours=cgn.safetensors"])
-        >>> args.weights, args.seeds
-        ([('ours', 'cgn.safetensors')], [0, 1, 2])
+    Args:
+        parser: the parser to extend.
+        data_root: the default of ``--data-root``.
+
+    Returns:
+        ``parser``.
     """
-    parser.add_argument("variant", choices=VARIANTS, help="the MNIST variant")
-    parser.add_argument("--out-dir", required=True, help="folder for results.json and the counterfactual grids")
     parser.add_argument(
         "--weights",
         type=parse_named_weights,
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="a CGN to make counterfactuals with (cfaug checkpoint, or the authors' .pth); repeat for more columns",
+        help="a CGN to make counterfactuals with (cfaug checkpoint, or the authors' .pth); repeat for more columns; "
+        "'{variant}' in PATH becomes the variant (e.g. runs/{variant}/final.safetensors)",
     )
     parser.add_argument(
         "--authors-dir",
@@ -990,18 +991,37 @@ def add_evaluate_mnist_arguments(parser: argparse.ArgumentParser) -> argparse.Ar
     parser.add_argument(
         "--num-counterfactuals", type=int, default=50_000, help="counterfactuals per weights and seed (default 50000)"
     )
-    parser.add_argument("--data-root", default="data", help="folder holding torchvision's MNIST/ (default: data)")
+    parser.add_argument(
+        "--data-root", default=data_root, help=f"folder holding torchvision's MNIST/ (default: {data_root})"
+    )
     parser.add_argument("--texture-root", default=None, help="Wildlife MNIST textures (default: procedural)")
     parser.add_argument("--max-train-images", type=int, default=None, help="use only the first N real images")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bars")
     return parser
 
 
+def add_evaluate_mnist_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``cfaug evaluate mnist`` to ``parser`` and return it.
+
+    Examples:
+        >>> parser = add_evaluate_mnist_arguments(argparse.ArgumentParser(prog="cfaug evaluate mnist"))
+        >>> args = parser.parse_args(["colored_mnist", "--out-dir", "t2", "--weights", "ours=cgn.safetensors"])
+        >>> args.weights, args.seeds
+        ([('ours', 'cgn.safetensors')], [0, 1, 2])
+    """
+    parser.add_argument("variant", choices=VARIANTS, help="the MNIST variant")
+    parser.add_argument("--out-dir", required=True, help="folder for results.json and the counterfactual grids")
+    add_table2_options(parser)
+    parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
+    return parser
+
+
 def weights_from_args(args: argparse.Namespace, variant: str | None = None) -> dict[str, str]:
-    """The weights columns that ``--weights`` and ``--authors-dir`` name (the authors' file for ``variant``).
+    """The weights columns that ``--weights`` and ``--authors-dir`` name for ``variant`` (default: ``args.variant``).
+
+    ``{variant}`` in a ``--weights`` path becomes the variant, and ``--authors-dir`` gives the variant's ``.pth``.
 
     Raises:
         ValueError: a name is given twice, or ``--authors-dir`` lacks the variant's ``.pth``.
@@ -1011,7 +1031,7 @@ def weights_from_args(args: argparse.Namespace, variant: str | None = None) -> d
     for name, path in args.weights:
         if name in weights:
             raise ValueError(f"`--weights` should name each column once, but {name!r} came twice.")
-        weights[name] = path
+        weights[name] = path.replace("{variant}", variant)
     if args.authors_dir is not None:
         path = Path(args.authors_dir) / f"{variant}.pth"
         if not path.is_file():
