@@ -11,7 +11,6 @@ from torch import nn
 
 from cfaug.checkpoint import load_checkpoint, save_checkpoint
 from cfaug.training._runs import (
-    Cadence,
     check_resumable,
     flatten_optimizer,
     prefixed,
@@ -81,21 +80,12 @@ def test_truncate_stats_drops_lines_past_the_checkpoint_and_a_cut_line(tmp_path)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 2, 4]
 
 
-class _Bar:
-    def __init__(self):
-        self.updates = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        self.updates += n
-
-    def set_postfix(self, values, refresh):
-        self.postfix = values
+@dataclasses.dataclass
+class _Cadence:
+    steps: int
+    log_every: int
+    sample_every: int
+    checkpoint_every: int
 
 
 class _Recorder:
@@ -123,9 +113,10 @@ class _Recorder:
 
 
 def test_run_steps_follows_the_cadence_and_always_finishes_the_last_step():
-    run, bar = _Recorder(), _Bar()
-    run_steps(run, Cadence(steps=5, log_every=2, sample_every=4, checkpoint_every=3), bar, interrupted_message="")
-    assert run.step == 5 and bar.updates == 5 and bar.postfix == {"loss": "0.20"}
+    run = _Recorder()
+    cadence = _Cadence(steps=5, log_every=2, sample_every=4, checkpoint_every=3)
+    run_steps(run, cadence, desc="test", unit="it", progress=False, interrupted_message="")
+    assert run.step == 5
     chosen = [event for event in run.events if event[0] != "accumulate"]
     assert chosen == [
         ("log", 2),
@@ -143,8 +134,10 @@ def test_run_steps_checkpoints_and_stops_when_asked():
     with pytest.raises(KeyboardInterrupt, match="stopped after 2"):
         run_steps(
             run,
-            Cadence(steps=100, log_every=50, sample_every=50, checkpoint_every=50),
-            _Bar(),
+            _Cadence(steps=100, log_every=50, sample_every=50, checkpoint_every=50),
+            desc="test",
+            unit="it",
+            progress=False,
             interrupted_message="stopped after {step}",
             stop_requested=lambda flag: run.step == 2,  # as if another rank saw Ctrl-C during step 2
             after_checkpoint=lambda: barriers.append(run.step),

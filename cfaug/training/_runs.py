@@ -144,9 +144,11 @@ class SteppedRun(Protocol):
     def save_state(self) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Cadence:
-    """How many steps to train, and every how many steps to log, save a sample grid and save a checkpoint."""
+class Cadence(Protocol):
+    """How many steps to train, and every how many steps to log, save a sample grid and save a checkpoint.
+
+    The trainers' configs have these fields.
+    """
 
     steps: int
     log_every: int
@@ -157,26 +159,33 @@ class Cadence:
 def run_steps(
     run: SteppedRun,
     cadence: Cadence,
-    bar: Any,
     *,
+    desc: str,
+    unit: str,
+    progress: bool,
     interrupted_message: str,
     stop_requested: Callable[[bool], bool] = bool,
     after_checkpoint: Callable[[], None] = lambda: None,
 ) -> None:
-    """Train ``run`` to ``cadence.steps``, logging, sampling and checkpointing on the way.
+    """Train ``run`` to ``cadence.steps``, logging, sampling and checkpointing on the way, with a progress bar.
 
     The last step always logs, samples and checkpoints. On Ctrl-C (see ``deferred_interrupt``) the step in
     progress finishes, a checkpoint is written and ``KeyboardInterrupt`` is raised.
 
     Args:
         run: the run to train, from its current ``step``.
-        cadence: the number of steps and the intervals.
-        bar: a tqdm progress bar (entered and closed here).
+        cadence: the number of steps and the intervals (the trainer's config).
+        desc: the progress bar's label.
+        unit: the progress bar's unit.
+        progress: show the progress bar.
         interrupted_message: the ``KeyboardInterrupt``'s message; ``{step}`` becomes the last step trained.
         stop_requested: maps this process's Ctrl-C flag to the decision to stop; under ``torchrun`` it asks
             every rank, so that all stop at the same step.
         after_checkpoint: called after every checkpoint (e.g. a barrier, so no rank runs ahead of the file).
     """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cadence.steps, initial=run.step, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
     with bar, deferred_interrupt() as interrupted:
         while run.step < cadence.steps:
             started = time.perf_counter()

@@ -64,7 +64,6 @@ from cfaug.functional import composite
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
 from cfaug.training._runs import (
-    Cadence,
     check_resumable,
     flatten_optimizer,
     prefixed,
@@ -770,8 +769,6 @@ class ImageNetTrainer:
 
         On Ctrl-C the run finishes its step, writes its checkpoint and raises ``KeyboardInterrupt``.
         """
-        from tqdm.auto import tqdm
-
         config = self.config
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -786,18 +783,12 @@ class ImageNetTrainer:
             return self.export()
         if self.step == 0:
             self.save_samples()
-        bar = tqdm(
-            total=config.steps,
-            initial=self.step,
-            desc="cgn imagenet",
-            unit="step",
-            disable=not (config.progress and self.world.is_main),
-            dynamic_ncols=True,
-        )
         run_steps(
             self,
-            Cadence(config.steps, config.log_every, config.sample_every, config.checkpoint_every),
-            bar,
+            config,
+            desc="cgn imagenet",
+            unit="step",
+            progress=config.progress and self.world.is_main,
             interrupted_message=(
                 f"Training interrupted after step {{step}}; {self.checkpoint_path} holds the state. "
                 "Run the same command again to continue."

@@ -55,7 +55,6 @@ from cfaug.functional import composite
 from cfaug.seeding import mix_seed
 from cfaug.training import losses
 from cfaug.training._runs import (
-    Cadence,
     check_resumable,
     flatten_optimizer,
     prefixed,
@@ -575,8 +574,6 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
         >>> path = train_cgn_mnist(config, "runs/colored")  # doctest: +SKIP
         >>> backend = cfaug.load_backend("mnist", weights=path)  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` should be a TrainConfig, but got {type(config).__name__}.")
     run_dir = Path(run_dir)
@@ -606,18 +603,12 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
             if run.step == 0:
                 run.write_stats()  # the initial state, so that the stats start at step 0
                 run.save_samples()
-            bar = tqdm(
-                total=config.steps,
-                initial=run.step,
-                desc=f"cgn {config.variant}",
-                unit="it",
-                disable=not config.progress,
-                dynamic_ncols=True,
-            )
             run_steps(
                 run,
-                Cadence(config.steps, config.log_every, config.sample_every, config.checkpoint_every),
-                bar,
+                config,
+                desc=f"cgn {config.variant}",
+                unit="it",
+                progress=config.progress,
                 interrupted_message=(
                     f"Training interrupted after iteration {{step}}; {checkpoint_path} holds the state. "
                     "Call train_cgn_mnist again with the same run folder to continue."
