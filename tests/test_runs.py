@@ -131,14 +131,14 @@ def test_run_steps_follows_the_cadence_and_always_finishes_the_last_step():
 
 def test_run_steps_checkpoints_and_stops_when_asked():
     run, barriers = _Recorder(), []
-    with pytest.raises(KeyboardInterrupt, match="stopped after 2"):
+    with pytest.raises(KeyboardInterrupt, match=r"stopped after 2; state in runs/\{x\}"):
         run_steps(
             run,
             _Cadence(steps=100, log_every=50, sample_every=50, checkpoint_every=50),
             desc="test",
             unit="it",
             progress=False,
-            interrupted_message="stopped after {step}",
+            interrupted_message="stopped after {step}; state in runs/{x}",
             stop_requested=lambda flag: run.step == 2,  # as if another rank saw Ctrl-C during step 2
             after_checkpoint=lambda: barriers.append(run.step),
         )

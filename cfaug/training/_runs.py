@@ -205,4 +205,5 @@ def run_steps(
                 run.save_state()
                 after_checkpoint()
             if stop:
-                raise KeyboardInterrupt(interrupted_message.format(step=run.step))
+                # replace, not format: the message may hold a user path with braces
+                raise KeyboardInterrupt(interrupted_message.replace("{step}", str(run.step)))
