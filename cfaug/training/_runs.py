@@ -1,4 +1,7 @@
-"""What every cfaug trainer shares: checkpoint tensors, the stats file, Ctrl-C handling and the step loop.
+"""What the cfaug trainers share: checkpoint tensors, the resume check, the stats file, Ctrl-C and the step loop.
+
+The classifier uses the first three; the two CGN trainers also use ``run_steps`` (the classifier steps through
+its DataLoader instead).
 
 The three trainers (``mnist``, ``imagenet``, ``classifier``) keep one run folder each, laid out alike
 (``config.json``, ``stats.jsonl``, ``checkpoints/latest.safetensors``, ``final.safetensors``), and save their state
