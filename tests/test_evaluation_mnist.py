@@ -517,12 +517,7 @@ def test_cli_rejects_authors_dir_without_the_file(mnist_root, tmp_path):
 
 
 def test_benchmark_script_merges_results_files(mnist_root, cgn_checkpoint, tmp_path, capsys):
-    import importlib.util
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "mnist_table2.py"
-    spec = importlib.util.spec_from_file_location("mnist_table2_benchmark", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_benchmark("mnist_table2")
     weights = shutil.copy(cgn_checkpoint, tmp_path / "colored_mnist.safetensors")
     _run(mnist_root, str(weights), tmp_path / "s0", seeds=(0,), settings=("original",), batch_size=32)
     # Seed 1 through the script itself, its weights named by a {variant} template.
@@ -541,3 +536,44 @@ def test_benchmark_script_merges_results_files(mnist_root, cgn_checkpoint, tmp_p
     assert "**colored_mnist**: 1 epochs, seeds [0, 1]" in capsys.readouterr().out
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert merged["colored_mnist"]["summary"]["original"]["ours"]["accuracy"]["n"] == 2
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_appearance_benchmark_separates_a_random_generator_from_real_images(mnist_root, cgn_checkpoint, tmp_path):
+    module = _load_benchmark("mnist_appearance")
+    out = tmp_path / "appearance.json"
+    options = ["--variant", "colored_mnist", "--data-root", mnist_root, "--per-class", "4", "--json", str(out)]
+    assert module.main([*options, "--weights", f"untrained={cgn_checkpoint}"]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["real (floor)", "untrained"]
+    for level in ("32px", "16px"):
+        floor, untrained = results["real (floor)"][level], results["untrained"][level]
+        assert len(untrained["per_class"]) == 10
+        # An untrained generator paints grey noise, real digits are coloured strokes on black.
+        assert untrained["mean"] > 3 * floor["mean"] > 0
+    with pytest.raises(ValueError, match="`per_class` 6 needs 12 training images of class 0, but it has 10"):
+        module.main([*options[:-4], "--per-class", "6", "--weights", f"untrained={cgn_checkpoint}"])
+
+
+def test_sliced_wasserstein_is_zero_for_one_set_and_grows_with_a_colour_shift():
+    module = _load_benchmark("mnist_appearance")
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    directions = module.random_directions(3, count=16)
+    same = module.sorted_projections(images, directions, seed=1)
+    assert module.sliced_wasserstein(same[32], same[32]) == 0.0
+    distances = []
+    for shift in (0.0, 0.1, 0.2):
+        shifted = module.sorted_projections((images + shift).clamp(0, 1), directions, seed=1)
+        distances.append(module.sliced_wasserstein(shifted[32], same[32]))
+    assert distances[0] == 0.0 < distances[1] < distances[2]
+    with pytest.raises(ValueError, match="`a` and `b` should have one shape"):
+        module.sliced_wasserstein(same[32], same[16][:, :10])
