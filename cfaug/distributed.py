@@ -10,7 +10,7 @@ process group, and provides the few collective steps cfaug needs:
   ``CounterfactualDataset.save``, so that the files written are the very files a single process writes);
 * ``save_counterfactuals_distributed``: every rank saves its share of a counterfactual dataset into one folder,
   then rank 0 checks the merged manifest and every file's digest;
-* ``barrier``, ``all_reduce_sum``, ``all_gather_objects`` and ``check_same_across_ranks`` (a digest of a
+* ``barrier``, ``all_reduce_sum``, ``any_rank``, ``all_gather_objects`` and ``check_same_across_ranks`` (a digest of a
   module's tensors compared between ranks: the cheap proof that DistributedDataParallel kept them identical).
 
 Every helper works without a process group (one process, rank 0 of 1), where the collectives do nothing.
@@ -50,6 +50,7 @@ __all__ = [
     "DistributedSaveResult",
     "all_gather_objects",
     "all_reduce_sum",
+    "any_rank",
     "barrier",
     "check_same_across_ranks",
     "device_for_rank",
@@ -194,6 +195,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if _active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is set on any rank (``flag`` itself in a single process).
+
+    Every rank must call it at the same point, e.g. to agree to stop at the same step when Ctrl-C reached only
+    some of the processes. ``device`` is where the backend reduces (CPU for gloo, the rank's GPU for nccl).
+    """
+    if not _active():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def all_gather_objects(value: Any) -> list[Any]:

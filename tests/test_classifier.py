@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import signal
 import socket
 from pathlib import Path
 
@@ -231,6 +233,74 @@ def test_a_resumed_run_repeats_the_uninterrupted_one_bit_for_bit(data, tmp_path)
         train_classifier(dataclasses.replace(config, lr=0.2, epochs=4), tmp_path / "resumed")
     with pytest.raises(ValueError, match="already holds a run"):
         train_classifier(config, tmp_path / "resumed", resume=False)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_ctrl_c_finishes_the_step_checkpoints_it_and_the_run_resumes_bit_for_bit(
+    data, tmp_path, monkeypatch, num_workers
+):
+    from cfaug.checkpoint import load_checkpoint
+    from cfaug.training import classifier
+
+    config = _config(data, epochs=3, checkpoint_every=100, num_workers=num_workers)  # 3 epochs of 3 steps
+    straight = train_classifier(dataclasses.replace(config, num_workers=0), tmp_path / "straight")
+
+    fetch = classifier._TrainItems.__getitem__
+    calls = []
+
+    def interrupting_fetch(self, key):
+        calls.append(key)  # counts in the process that fetches: the main one, or the worker
+        if len(calls) == 20:  # an item of the second step (16 items per step)
+            # Ctrl-C in a terminal reaches every process of the group: the main process and its workers. (A forked
+            # worker inherits the handler; the spawned ones of macOS are checked in the next test.)
+            if num_workers:
+                os.kill(os.getppid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return fetch(self, key)
+
+    monkeypatch.setattr(classifier._TrainItems, "__getitem__", interrupting_fetch)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match=r"interrupted after step (\d+); .*latest.safetensors") as caught:
+        train_classifier(config, tmp_path / "resumed")
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+    step = int(re.search(r"after step (\d+)", str(caught.value)).group(1))
+    if num_workers == 0:
+        assert step == 2  # the signal came while fetching step 2's items: that step is finished, then the stop
+    else:
+        assert 1 <= step < 9  # the worker prefetches, so the main process hears it a step or two apart
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "latest.safetensors").meta["step"] == step
+    assert not (tmp_path / "resumed" / "final.safetensors").exists()
+
+    monkeypatch.undo()
+    resumed = train_classifier(config, tmp_path / "resumed")
+    expected, got = load_file(str(straight)), load_file(str(resumed))
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+class _SelfInterruptingItems(torch.utils.data.Dataset):
+    """Each item sends Ctrl-C to the process that fetches it (module level, so that spawned workers can load it)."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        os.kill(os.getpid(), signal.SIGINT)
+        return index
+
+
+def test_spawned_dataloader_workers_leave_ctrl_c_to_the_main_process():
+    from cfaug.training.classifier import _ignore_interrupts
+
+    # A spawned worker (macOS, and Linux from Python 3.14) starts with Python's default handler, which would end
+    # it on Ctrl-C; the main process would then fail with "DataLoader worker exited unexpectedly".
+    loader = torch.utils.data.DataLoader(
+        _SelfInterruptingItems(),
+        batch_size=2,
+        num_workers=1,
+        multiprocessing_context="spawn",
+        worker_init_fn=_ignore_interrupts,
+    )
+    assert [batch.tolist() for batch in loader] == [[0, 1], [2, 3]]
 
 
 def test_a_torchvision_backbone_trains_with_its_pretrained_statistics_frozen(data, tmp_path):

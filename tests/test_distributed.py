@@ -28,6 +28,7 @@ from cfaug.distributed import (
     DistributedInfo,
     all_gather_objects,
     all_reduce_sum,
+    any_rank,
     check_same_across_ranks,
     device_for_rank,
     distributed_info,
@@ -97,6 +98,7 @@ def test_a_single_process_session_needs_no_process_group(monkeypatch):
     with distributed_session() as info:
         assert info == DistributedInfo(0, 1, 0) and not dist.is_initialized()
         assert all_reduce_sum(torch.tensor([2.0])).item() == 2.0 and all_gather_objects("x") == ["x"]
+        assert any_rank(True) and not any_rank(False)
         check_same_across_ranks(nn.Linear(2, 2))
         with pytest.raises(KeyError), fail_together("a step"):
             raise KeyError("a single process re-raises its own error")
@@ -140,6 +142,7 @@ def _two_rank_worker(rank: int, world_size: int, ports: list[int], out_dir: str,
     with distributed_session("gloo") as info:
         outcome["info"] = [info.rank, info.world_size, info.local_rank]
         outcome["sum"] = all_reduce_sum(torch.tensor([rank + 1.0])).item()
+        outcome["any"] = [any_rank(rank == 1), any_rank(False)]  # Ctrl-C seen by rank 1 only, then by none
         torch.manual_seed(0)
         outcome["same"] = check_same_across_ranks(nn.Linear(3, 2))
         torch.manual_seed(rank)
@@ -188,6 +191,7 @@ def test_generate_with_two_processes_writes_what_one_process_writes(tmp_path):
         SavedCounterfactualDataset(two).verify()
     assert [r["info"] for r in ranks] == [[0, 2, 0], [1, 2, 1]]
     assert ranks[0]["sum"] == ranks[1]["sum"] == 3.0
+    assert ranks[0]["any"] == ranks[1]["any"] == [True, False]
     assert ranks[0]["same"] == ranks[1]["same"]
     assert all("The ranks hold different model weights (rank 0:" in r["differ"] for r in ranks)
     assert ranks[1]["failed"] == "ValueError: rank one broke"

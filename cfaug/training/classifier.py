@@ -41,6 +41,9 @@ processes computes what one process computes (up to float rounding). Rank 0 writ
       checkpoints/latest.safetensors  the model, SGD state and step: what a resumed run continues from
       final.safetensors               the trained ensemble (``load_classifier``)
 
+On Ctrl-C the run finishes its step, writes its checkpoint and raises ``KeyboardInterrupt`` (the DataLoader
+workers ignore the signal and leave the stop to the main process); the same call continues it.
+
 Examples:
     >>> config = ClassifierConfig(real_root="imagenet/train", counterfactual_root="cf_imagenet")  # doctest: +SKIP
     >>> final = train_classifier(config, "runs/ensemble")  # doctest: +SKIP
@@ -60,6 +63,7 @@ import math
 import os
 import platform
 import re
+import signal
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -77,6 +81,7 @@ from cfaug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cfaug.distributed import (
     all_gather_objects,
     all_reduce_sum,
+    any_rank,
     barrier,
     check_same_across_ranks,
     device_for_rank,
@@ -87,6 +92,7 @@ from cfaug.seeding import mix_seed
 from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
 from cfaug.training._runs import (
     check_resumable,
+    deferred_interrupt,
     flatten_optimizer,
     prefixed,
     truncate_stats,
@@ -743,6 +749,15 @@ class _EvalItems(Dataset):
         return self.transform(_as_image(image)), torch.tensor(labels, dtype=torch.int64)
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """DataLoader worker setup: Ctrl-C reaches the whole process group, but only the main process acts on it.
+
+    A worker killed by the signal would make the main process fail with "DataLoader worker exited unexpectedly"
+    before it could finish its step and save the run.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # ---------------------------------------------------------------------------------------------------- trainer
 class ClassifierTrainer:
     """Trains the invariant ensemble as a ``ClassifierConfig`` says, in a run folder (see the module documentation).
@@ -785,6 +800,7 @@ class ClassifierTrainer:
                 or the data do not fit the recipe (too few images, class counts that differ).
             FileNotFoundError: a data folder is missing or not in the expected layout; pretrained weights are
                 not on this machine.
+            KeyboardInterrupt: Ctrl-C; the step in progress was finished and checkpointed.
         """
         config = self.config
         previous_threads = torch.get_num_threads()
@@ -949,6 +965,7 @@ class ClassifierTrainer:
             batch_sampler=sampler,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_interrupts,
         )
 
     def _train(self) -> Path:
@@ -971,7 +988,7 @@ class ClassifierTrainer:
         sums = torch.zeros(7, dtype=torch.float64, device=self.device)
         interval_start, interval_steps = time.perf_counter(), 0
         self.ddp.train()
-        with bar:
+        with bar, deferred_interrupt() as interrupted:
             for images, labels in self._loader():
                 started = time.perf_counter()
                 if self.step == 0 and info.is_main:
@@ -994,8 +1011,16 @@ class ClassifierTrainer:
                 if end_of_epoch:
                     self._validate_and_log(self.step // self.schedule.steps_per_epoch)
                     self.ddp.train()
-                if end_of_epoch or self.step % config.checkpoint_every == 0:
+                # Every rank stops at the same step, even when Ctrl-C reached only some of them.
+                stop = any_rank(interrupted(), self.device)
+                if end_of_epoch or self.step % config.checkpoint_every == 0 or stop:
                     self._save_state()
+                if stop:
+                    barrier()
+                    raise KeyboardInterrupt(
+                        f"Training interrupted after step {self.step}; {self.checkpoint_path} holds the state. "
+                        "Run the same command again to continue."
+                    )
         return self._finish()
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor, real_share: int) -> torch.Tensor:
@@ -1158,6 +1183,8 @@ def train_classifier(config: ClassifierConfig, run_dir: str | os.PathLike[str], 
 
     Raises:
         ValueError, FileNotFoundError: see ``ClassifierTrainer.fit``.
+        KeyboardInterrupt: Ctrl-C; the step in progress was finished and checkpointed, and the same call
+            continues the run.
     """
     return ClassifierTrainer(config, run_dir, resume=resume).fit()
 

@@ -59,7 +59,7 @@ from cfaug.backends.biggan import (
     truncated_noise,
 )
 from cfaug.checkpoint import load_checkpoint, save_checkpoint
-from cfaug.distributed import device_for_rank
+from cfaug.distributed import any_rank, device_for_rank
 from cfaug.functional import composite
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
@@ -747,13 +747,6 @@ class ImageNetTrainer:
         if self.world.distributed:
             dist.barrier()
 
-    def _any_rank(self, flag: bool) -> bool:
-        if not self.world.distributed:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item() > 0)
-
     def progress_postfix(self, values: dict[str, float]) -> dict[str, str]:
         """What the progress bar shows after each step."""
         return {"loss": f"{values['loss_total']:.3f}", "area": f"{values['mask_area']:.2f}"}
@@ -793,7 +786,7 @@ class ImageNetTrainer:
                 f"Training interrupted after step {{step}}; {self.checkpoint_path} holds the state. "
                 "Run the same command again to continue."
             ),
-            stop_requested=self._any_rank,
+            stop_requested=lambda flag: any_rank(flag, self.device),
             after_checkpoint=self._barrier,
         )
         return self.export()
