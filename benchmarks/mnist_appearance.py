@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 import cfaug
 from cfaug.backends.mnist import MnistBackend
+from cfaug.demo import save_grid
 from cfaug.evaluation.mnist import VARIANTS, make_datasets, parse_named_weights
 
 PATCH = 7
@@ -88,14 +89,19 @@ def class_images(dataset: Any, per_class: int) -> dict[int, torch.Tensor]:
 
 
 def measure(
-    real: dict[int, torch.Tensor], generators: dict[str, Any], per_class: int
-) -> dict[str, dict[str, dict[str, Any]]]:
+    real: dict[int, torch.Tensor], generators: dict[str, Any], per_class: int, show: int = 4
+) -> tuple[dict[str, dict[str, dict[str, Any]]], torch.Tensor]:
     """Per generator (and the real floor), level and class: the SWD to the first real set of the class.
 
     Every generator draws ``per_class`` images of class ``c`` with shape, texture and background class ``c``,
     with the same seeds.
+
+    Returns:
+        The summaries (see ``summarise``) by name, and the first ``show`` images of each class and source
+        (the second real set, then the generators), row-major with one row per class, for a picture.
     """
     directions = random_directions(3)
+    shown: list[torch.Tensor] = []
     values: dict[str, dict[int, list[float]]] = {
         name: {s: [] for s in LEVELS} for name in ["real (floor)", *generators]
     }
@@ -110,7 +116,8 @@ def measure(
             projections = sorted_projections(candidate, directions, seed=c + 100)
             for size in LEVELS:
                 values[name][size].append(sliced_wasserstein(projections[size], reference[size]))
-    return {name: summarise(levels) for name, levels in values.items()}
+            shown.append(candidate[:show])
+    return {name: summarise(levels) for name, levels in values.items()}, torch.cat(shown)
 
 
 def summarise(per_level: dict[int, list[float]]) -> dict[str, dict[str, Any]]:
@@ -137,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", type=parse_named_weights, action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--per-class", type=int, default=500, help="images per class and set (default 500)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--grid", default=None, help="also save a PNG: per class, 4 real images, then 4 of each generator"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     return parser
 
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     train, _ = make_datasets(args.variant, args.data_root, texture_root=args.texture_root)
     real = class_images(train, args.per_class)
-    results = measure(real, {name: backend.eval() for name, backend in models.items()}, args.per_class)
+    results, shown = measure(real, {name: backend.eval() for name, backend in models.items()}, args.per_class)
 
     header = " | ".join(f"SWD {size}px (worst class)" for size in LEVELS)
     seconds = time.perf_counter() - started
@@ -169,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         levels = [result[f"{size}px"] for size in LEVELS]
         cells = " | ".join(f"{v['mean']:.2f} ({v['worst_class']}: {v['worst']:.2f})" for v in levels)
         print(f"| {name} | {cells} |")
+    if args.grid:
+        path = save_grid(shown, args.grid, 4 * len(results))
+        print(f"\nPicture (a row per class; 4 columns each: {', '.join(results)}): {path}")
     if args.json:
         Path(args.json).write_text(json.dumps({"variant": args.variant, "results": results}, indent=1) + "\n")
     return 0

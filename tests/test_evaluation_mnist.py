@@ -552,7 +552,10 @@ def test_appearance_benchmark_separates_a_random_generator_from_real_images(mnis
     module = _load_benchmark("mnist_appearance")
     out = tmp_path / "appearance.json"
     options = ["--variant", "colored_mnist", "--data-root", mnist_root, "--per-class", "4", "--json", str(out)]
-    assert module.main([*options, "--weights", f"untrained={cgn_checkpoint}"]) == 0
+    grid = tmp_path / "appearance.png"
+    assert module.main([*options, "--weights", f"untrained={cgn_checkpoint}", "--grid", str(grid)]) == 0
+    with Image.open(grid) as picture:  # a row per class; 4 real images, then 4 generated ones
+        assert picture.size == (2 + 8 * (96 + 2), 2 + 10 * (96 + 2))
     results = json.loads(out.read_text())["results"]
     assert list(results) == ["real (floor)", "untrained"]
     for level in ("32px", "16px"):
