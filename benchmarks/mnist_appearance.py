@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import cfaug
+from cfaug._utils import atomic_write
 from cfaug.backends.mnist import MnistBackend
 from cfaug.demo import save_grid
 from cfaug.evaluation.mnist import VARIANTS, make_datasets, parse_named_weights
@@ -153,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure every generator given and print one row each, under the real-vs-real floor."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.per_class < 1:
+        parser.error(f"--per-class should be a positive number of images, but got {args.per_class}")
     torch.set_num_threads(args.threads)
     models = {}
     if args.shipped:
@@ -183,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         path = save_grid(shown, args.grid, 4 * len(results))
         print(f"\nPicture (a row per class; 4 columns each: {', '.join(results)}): {path}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"variant": args.variant, "results": results}, indent=1) + "\n")
+        with atomic_write(args.json, "w") as handle:
+            handle.write(json.dumps({"variant": args.variant, "results": results}, indent=1) + "\n")
     return 0
 
 

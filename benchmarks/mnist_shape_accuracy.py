@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import cfaug
+from cfaug._utils import atomic_write
 from cfaug.backends.mnist import MnistBackend
 from cfaug.checkpoint import load_checkpoint
 from cfaug.datasets.mnist_variants import ColoredMNIST
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"shape_accuracy": float(correct.mean()), "per_class": per_class}
         print(f"| {name} | {float(correct.mean()):.1%} | {' '.join(f'{a:.2f}' for a in per_class)} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"teacher_held_out": held_out, "results": results}, indent=1) + "\n")
+        with atomic_write(args.json, "w") as handle:
+            handle.write(json.dumps({"teacher_held_out": held_out, "results": results}, indent=1) + "\n")
     return 0
 
 

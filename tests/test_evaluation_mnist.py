@@ -565,6 +565,8 @@ def test_appearance_benchmark_separates_a_random_generator_from_real_images(mnis
         assert untrained["mean"] > 3 * floor["mean"] > 0
     with pytest.raises(ValueError, match="`per_class` 6 needs 12 training images of class 0, but it has 10"):
         module.main([*options[:-4], "--per-class", "6", "--weights", f"untrained={cgn_checkpoint}"])
+    with pytest.raises(SystemExit):  # argparse's error: "--per-class should be a positive number of images"
+        module.main([*options[:-4], "--per-class", "0", "--weights", f"untrained={cgn_checkpoint}"])
 
 
 def test_sliced_wasserstein_is_zero_for_one_set_and_grows_with_a_colour_shift():
