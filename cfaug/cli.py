@@ -257,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (*USER_ERRORS, WeightsError, CheckpointError) as error:
         print(f"cfaug: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        # A trainer stopped on Ctrl-C at a step boundary and says where its state is: a message, not a traceback.
+        print(f"cfaug: {interrupt or 'interrupted'}", file=sys.stderr)
+        return 130  # the shell's code for a process ended by SIGINT
 
 
 if __name__ == "__main__":

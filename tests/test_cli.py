@@ -118,3 +118,15 @@ def test_readme_example_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("colored_mnist torch.Size([8, 3, 32, 32]) torch.Size([3, 32, 32])")
+
+
+def test_ctrl_c_in_a_trainer_exits_130_with_its_message_and_no_traceback(tmp_path, monkeypatch, capsys):
+    import cfaug.training.mnist
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("Training interrupted after iteration 7; runs/c/checkpoints/latest.safetensors ...")
+
+    monkeypatch.setattr(cfaug.training.mnist, "train_cgn_mnist", interrupted)
+    assert main(["train", "mnist", "colored_mnist", "--run-dir", str(tmp_path / "run")]) == 130
+    err = capsys.readouterr().err
+    assert err == "cfaug: Training interrupted after iteration 7; runs/c/checkpoints/latest.safetensors ...\n"

@@ -611,7 +611,7 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
                 progress=config.progress,
                 interrupted_message=(
                     f"Training interrupted after iteration {{step}}; {checkpoint_path} holds the state. "
-                    "Call train_cgn_mnist again with the same run folder to continue."
+                    "Run the same command again to continue."
                 ),
             )
             return run.export()
