@@ -3,8 +3,8 @@
 For every class ``c``, images generated with shape, texture and background class ``c`` are compared with real
 training images of digit ``c`` (whose colour or texture classes are ``c`` too, since the training split ties them)
 by the sliced Wasserstein distance (SWD) between their 7 x 7 pixel patches, at full and at half resolution (the
-measure of Karras et al., ICLR 2018, but on raw RGB values: those authors normalise each set of patches, which
-would hide a shifted colour, the very error to catch here).
+measure of Karras et al., ICLR 2018, but on raw RGB values: they normalise the patches by the mean and standard
+deviation of each colour channel, which would hide a shifted colour, the very error to catch here).
 
 No network enters the measure, so it is independent of the VGG16 behind the style loss: it is how cfaug measures
 what that loss (and the choice of its feature network) does to the generated colours and textures. The distance
