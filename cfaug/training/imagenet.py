@@ -59,7 +59,7 @@ from cfaug.backends.biggan import (
     truncated_noise,
 )
 from cfaug.checkpoint import load_checkpoint, save_checkpoint
-from cfaug.distributed import any_rank, device_for_rank
+from cfaug.distributed import any_rank, barrier, device_for_rank
 from cfaug.functional import composite
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
@@ -740,12 +740,8 @@ class ImageNetTrainer:
                 **self.environment(),
             }
             exported.save(self.final_path, recipe=recipe, training=training, metrics=metrics)
-        self._barrier()
+        barrier()
         return self.final_path
-
-    def _barrier(self) -> None:
-        if self.world.distributed:
-            dist.barrier()
 
     def progress_postfix(self, values: dict[str, float]) -> dict[str, str]:
         """What the progress bar shows after each step."""
@@ -787,7 +783,7 @@ class ImageNetTrainer:
                 "Run the same command again to continue."
             ),
             stop_requested=lambda flag: any_rank(flag, self.device),
-            after_checkpoint=self._barrier,
+            after_checkpoint=barrier,
         )
         return self.export()
 
