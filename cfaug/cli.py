@@ -259,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         # A trainer stopped on Ctrl-C at a step boundary and says where its state is: a message, not a traceback.
-        print(f"cfaug: {interrupt or 'interrupted'}", file=sys.stderr)
+        # A bare Ctrl-C (outside a trainer's step boundary) carries no message; an exception object is always truthy.
+        print(f"cfaug: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130  # the shell's code for a process ended by SIGINT
 
 

@@ -130,3 +130,14 @@ def test_ctrl_c_in_a_trainer_exits_130_with_its_message_and_no_traceback(tmp_pat
     assert main(["train", "mnist", "colored_mnist", "--run-dir", str(tmp_path / "run")]) == 130
     err = capsys.readouterr().err
     assert err == "cfaug: Training interrupted after iteration 7; runs/c/checkpoints/latest.safetensors ...\n"
+
+
+def test_a_bare_ctrl_c_exits_130_and_says_interrupted(tmp_path, monkeypatch, capsys):
+    import cfaug.training.mnist
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cfaug.training.mnist, "train_cgn_mnist", interrupted)
+    assert main(["train", "mnist", "colored_mnist", "--run-dir", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == "cfaug: interrupted\n"

@@ -548,7 +548,9 @@ def _load_benchmark(name: str):
     return module
 
 
-def test_appearance_benchmark_separates_a_random_generator_from_real_images(mnist_root, cgn_checkpoint, tmp_path):
+def test_appearance_benchmark_separates_a_random_generator_from_real_images(
+    mnist_root, cgn_checkpoint, tmp_path, capsys
+):
     module = _load_benchmark("mnist_appearance")
     out = tmp_path / "appearance.json"
     options = ["--variant", "colored_mnist", "--data-root", mnist_root, "--per-class", "4", "--json", str(out)]
@@ -565,8 +567,10 @@ def test_appearance_benchmark_separates_a_random_generator_from_real_images(mnis
         assert untrained["mean"] > 3 * floor["mean"] > 0
     with pytest.raises(ValueError, match="`per_class` 6 needs 12 training images of class 0, but it has 10"):
         module.main([*options[:-4], "--per-class", "6", "--weights", f"untrained={cgn_checkpoint}"])
-    with pytest.raises(SystemExit):  # argparse's error: "--per-class should be a positive number of images"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
         module.main([*options[:-4], "--per-class", "0", "--weights", f"untrained={cgn_checkpoint}"])
+    assert "--per-class should be a positive number of images, but got 0" in capsys.readouterr().err
 
 
 def test_sliced_wasserstein_is_zero_for_one_set_and_grows_with_a_colour_shift():
