@@ -58,11 +58,16 @@ __all__ = [
     "DOUBLE_COLORED_MNIST_BACKGROUND_PALETTE",
     "DOUBLE_COLORED_MNIST_JITTER_STD",
     "DOUBLE_COLORED_MNIST_OBJECT_PALETTE",
+    "VARIANTS",
     "ColoredMNIST",
     "DoubleColoredMNIST",
     "WildlifeMNIST",
     "binarize_digits",
 ]
+
+#: The names of the paper's three biased MNIST variants: the one spelling used by datasets, presets, weights and
+#: evaluation alike.
+VARIANTS: tuple[str, ...] = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
 
 Color = tuple[str, tuple[int, int, int]]
 

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cfaug._utils import atomic_write, check_positive_int, verify_str_arg
-from cfaug.training.classifier import IMAGENET_MEAN, IMAGENET_STD, OUTPUTS
+from cfaug.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, OUTPUTS
 
 __all__ = [
     "BACKGROUND_VARIANTS",
@@ -266,7 +266,7 @@ def load_evaluation_model(
         ValueError: neither or both of ``classifier`` and ``torchvision`` are given, or ``weights`` is missing.
         FileNotFoundError: the checkpoint or the weights are not on this machine.
     """
-    from cfaug.training.classifier import build_torchvision_classifier, load_classifier
+    from cfaug.models.classifiers import build_torchvision_classifier, load_classifier
 
     if (classifier is None) == (torchvision is None):
         raise ValueError("Give exactly one of `classifier` (a cfaug checkpoint) and `torchvision` (an architecture).")

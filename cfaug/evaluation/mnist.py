@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from cfaug._utils import atomic_write, check_positive_int, check_probability, verify_str_arg
 from cfaug.backends.base import Backend
+from cfaug.datasets.mnist_variants import VARIANTS
 from cfaug.seeding import draw_seeds, mix_seed
 
 __all__ = [
@@ -76,7 +77,6 @@ __all__ = [
     "weights_from_args",
 ]
 
-VARIANTS: tuple[str, ...] = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
 SETTINGS: tuple[str, ...] = ("original", "original+cf", "cf", "original+augment", "original+augment-online")
 # The rows that cut real digits out, which needs weights with a mask estimator.
 _REAL_SHAPE_SETTINGS = ("original+augment", "original+augment-online")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cfaug._utils import check_positive_int, verify_str_arg
+from cfaug.datasets.mnist_variants import VARIANTS
 
 __all__ = [
     "AUTHORS_PRESETS",
@@ -26,7 +27,6 @@ __all__ = [
 ]
 
 #: The MNIST variants a CGN can be trained on (the dataset classes of ``cfaug.datasets.mnist_variants``).
-VARIANTS: tuple[str, ...] = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
 #: What to do when the mask collapse detector fires.
 COLLAPSE_ACTIONS: tuple[str, ...] = ("raise", "warn", "log")
 _FEATURE_NETS = ("auto", "imagenet", "random")

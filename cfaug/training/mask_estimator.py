@@ -30,6 +30,7 @@ from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.base import Backend
 from cfaug.backends.mnist import MnistBackend
 from cfaug.checkpoint import state_dict_problems
+from cfaug.datasets.mnist_variants import VARIANTS
 from cfaug.seeding import draw_seeds, mix_seed
 from cfaug.version import __version__
 
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 #: The variants ``cfaug train mask-estimator`` can measure on (``--variant``).
-VARIANTS: tuple[str, ...] = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
 
 # Streams of the run seed: each kind of randomness has its own, so changing one leaves the others untouched.
 _INIT_STREAM, _STEP_STREAM = 1, 2
