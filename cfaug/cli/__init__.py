@@ -262,7 +262,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A bare Ctrl-C (outside a trainer's step boundary) carries no message; an exception object is always truthy.
         print(f"cfaug: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 130  # the shell's code for a process ended by SIGINT
-
-
-if __name__ == "__main__":
-    sys.exit(main())
