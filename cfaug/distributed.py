@@ -8,8 +8,9 @@ process group, and provides the few collective steps cfaug needs:
   torchrun (and leaves it on exit), and does nothing in a plain single process, so the same code runs both ways;
 * ``rank_range``: a contiguous, balanced share of an index range for one rank, cut on a grid (the chunk grid of
   ``CounterfactualDataset.save``, so that the files written are the very files a single process writes);
-* ``save_counterfactuals_distributed``: every rank saves its share of a counterfactual dataset into one folder,
-  then rank 0 checks the merged manifest and every file's digest;
+* ``save_counterfactuals_distributed`` (compatibility alias; it lives in ``cfaug.datasets.store``): every rank
+  saves its share of a counterfactual dataset into one folder, then rank 0 checks the merged manifest and every
+  file's digest;
 * ``barrier``, ``all_reduce_sum``, ``any_rank``, ``all_gather_objects`` and ``check_same_across_ranks`` (a digest of a
   module's tensors compared between ranks: the cheap proof that DistributedDataParallel kept them identical).
 
@@ -33,7 +34,6 @@ import hashlib
 import os
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,7 +43,7 @@ from torch import nn
 from cfaug._utils import check_positive_int
 
 if TYPE_CHECKING:
-    from cfaug.datasets.counterfactual import CounterfactualDataset
+    from cfaug.datasets.store import DistributedSaveResult, save_counterfactuals_distributed
 
 __all__ = [
     "DistributedInfo",
@@ -307,107 +307,6 @@ def rank_range(start: int, stop: int, rank: int, world_size: int, align: int = 1
     return boundary(-(-rank * cells // world_size)), boundary(-(-(rank + 1) * cells // world_size))
 
 
-@dataclass(frozen=True)
-class DistributedSaveResult:
-    """What ``save_counterfactuals_distributed`` did.
-
-    Attributes:
-        rank: this process's rank.
-        world_size: the number of processes that saved.
-        start: first index of this rank's share.
-        stop: one past the last index of this rank's share (``start == stop``: the rank had nothing to do).
-        complete: whether the whole dataset is on disk with its merged ``manifest.json`` (the same on all ranks).
-        verified: whether rank 0 checked the manifest, ``labels.csv`` and every file's sha256 (same on all ranks).
-    """
-
-    rank: int
-    world_size: int
-    start: int
-    stop: int
-    complete: bool
-    verified: bool
-
-
-def save_counterfactuals_distributed(
-    dataset: CounterfactualDataset,
-    root: str | os.PathLike[str],
-    format: str = "png",
-    *,
-    start: int = 0,
-    stop: int | None = None,
-    chunk_size: int = 256,
-    num_workers: int = 0,
-    batch_size: int = 1,
-    progress: bool = True,
-    verify: bool = True,
-) -> DistributedSaveResult:
-    """Save ``[start, stop)`` of a counterfactual dataset with every rank of the job writing its own share.
-
-    Each rank calls this with the same dataset (same backend, weights, seed, size) and root. The range is split
-    with ``rank_range`` on the ``chunk_size`` grid, so each rank writes whole chunks: the files, ``labels.csv``
-    and ``manifest.json`` are byte for byte those of a single process saving the same range. After a barrier,
-    rank 0 checks the merged dataset (``verify``: the manifest, the digest of ``labels.csv`` and the sha256 of
-    every file) and tells the other ranks the outcome. In a single process this is ``dataset.save`` plus the check.
-
-    Args:
-        dataset: the dataset to save; identical on every rank (``save`` refuses mixed settings).
-        root: the output folder, on a file system every rank sees.
-        format: ``"png"`` or ``"safetensors"``.
-        start: first index of the range all ranks save together.
-        stop: one past the last index; ``len(dataset)`` when ``None``.
-        chunk_size: items per chunk (see ``CounterfactualDataset.save``).
-        num_workers: DataLoader workers per rank (0 with a GPU).
-        batch_size: items generated per backend call (see ``CounterfactualDataset.save``; 32-64 on a GPU).
-        progress: show rank 0's progress bar.
-        verify: hash every file once the dataset is complete (rank 0).
-
-    Returns:
-        This rank's ``DistributedSaveResult``.
-
-    Raises:
-        ValueError: the range is invalid.
-        SavedDatasetError: ``root`` holds a dataset with other settings, or the merged dataset fails its check.
-    """
-    from cfaug.datasets.counterfactual import SavedCounterfactualDataset
-
-    info = distributed_info()
-    size = len(dataset)
-    start = check_positive_int(start, "start", allow_zero=True)
-    stop = size if stop is None else check_positive_int(stop, "stop")
-    if not start < stop <= size:
-        raise ValueError(
-            f"`start` and `stop` should satisfy 0 <= start < stop <= {size} (the dataset size), "
-            f"but got start={start} and stop={stop}."
-        )
-    lo, hi = rank_range(start, stop, info.rank, info.world_size, align=chunk_size)
-    with fail_together("saving its share of the counterfactual dataset"):
-        if lo < hi:
-            dataset.save(
-                root,
-                format,
-                start=lo,
-                stop=hi,
-                chunk_size=chunk_size,
-                num_workers=num_workers,
-                batch_size=batch_size,
-                progress=progress and info.is_main,
-            )
-    # Whichever save completes the last missing range merges the manifest; after the step above (a collective,
-    # hence a barrier) every range of this job is on disk, so the manifest exists exactly when the whole
-    # dataset does.
-    complete = verified = False
-    with fail_together("checking the merged dataset"):
-        if info.is_main:
-            complete = (Path(root) / "manifest.json").is_file()
-            if complete and verify:
-                SavedCounterfactualDataset(root).verify()
-                verified = True
-    complete, verified = all_gather_objects((complete, verified))[0]
-    return DistributedSaveResult(
-        rank=info.rank, world_size=info.world_size, start=lo, stop=hi, complete=complete, verified=verified
-    )
-
-
 @contextlib.contextmanager
 def fail_together(step: str) -> Generator[None, None, None]:
     """Run a block that may fail on some ranks only; if it fails on any rank, it fails on every rank.
@@ -431,3 +330,18 @@ def fail_together(step: str) -> Generator[None, None, None]:
     if failed:
         rank, text = failed[0]
         raise RuntimeError(f"Rank {rank} failed while {step}: {text}")
+
+
+# The distributed save belongs with the dataset store it writes; it lives in cfaug.datasets.store. These names stay
+# importable from here for compatibility, resolved on first access so that this infrastructure module imports no
+# datasets when it is imported.
+_MOVED_TO_STORE = ("DistributedSaveResult", "save_counterfactuals_distributed")
+
+
+def __getattr__(name: str) -> Any:
+    """Compatibility aliases: ``save_counterfactuals_distributed`` and ``DistributedSaveResult`` (now in the store)."""
+    if name in _MOVED_TO_STORE:
+        from cfaug.datasets import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,37 +6,19 @@ classes are drawn from a dedicated stream of that seed. The image is generated *
 because on CPUs convolution results differ in the last bits between batch sizes; generating every item by
 itself is what makes item ``i`` bitwise identical whatever the DataLoader batch size, worker count or order.
 
-``CounterfactualDataset.save`` writes a dataset in a layout other tools can read, and
-``SavedCounterfactualDataset`` (also returned by ``CounterfactualDataset.load``) reads it back::
-
-    root/
-      manifest.json            settings + "complete": true, written last, once every index is on disk
-      labels.csv               index,shape,texture,background,seed,file,sha256 (one row per item, sorted)
-      images/000000/000000.png   (format="png": one lossless 8-bit PNG per item, 1000 per folder)
-      shards/000000-000256.safetensors   (format="safetensors": uint8 images plus labels, one file per chunk)
-      records/000000-000256.csv  rows of one finished chunk; a chunk is done exactly when its record exists
-      parts/000000-001000.json   partial manifest of one ``save(start=..., stop=...)`` call, with its own
-                                 "complete" flag
-
-Every file is written atomically, so an interrupted save leaves only whole files. A second ``save`` with the
-same settings skips the indices that already have a record and generates the others, so no index goes
-missing or appears twice. Disjoint ``start``/``stop`` ranges (one per process rank) write disjoint files;
-whichever call completes the last range merges the records into ``labels.csv`` and ``manifest.json``
-(or call ``CounterfactualDataset.finalize`` as a separate step).
+``CounterfactualDataset.save`` writes a dataset in a layout other tools can read (described, and written, by
+``cfaug.datasets.store``), and ``SavedCounterfactualDataset`` (also returned by ``CounterfactualDataset.load``)
+reads it back.
 
 ``MixedDataset`` mixes real and counterfactual items at a fixed ratio, deterministically.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import math
 import operator
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,17 +26,29 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 from safetensors.torch import load as _safetensors_load
-from safetensors.torch import save as _safetensors_save
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.datasets import VisionDataset
-from tqdm.auto import tqdm
 
-from cfaug._utils import atomic_write, check_positive_int, check_probability, sha256_file, verify_str_arg
-from cfaug.backends.base import Backend, Components
+from cfaug._utils import check_positive_int, check_probability, sha256_file, verify_str_arg
+from cfaug.backends.base import MECHANISMS, Backend, Components
+from cfaug.datasets.store import (
+    _LABELS,
+    _MANIFEST,
+    _SETTING_KEYS,
+    DATASET_FORMAT_VERSION,
+    SAVE_FORMATS,
+    SavedDatasetError,
+    _decode_png,
+    _parameters_sha256,
+    _parse_rows,
+    _read_json,
+    _read_ranges,
+    check_range,
+    finalize,
+    write_range,
+)
 from cfaug.registry import get_backend_class
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.version import __version__
@@ -69,48 +63,18 @@ __all__ = [
     "MixedDataset",
     "SavedCounterfactualDataset",
     "SavedDatasetError",
+    "check_vary",
 ]
 
-#: Mechanisms that can get a class of their own; the others take the shape class.
-VARYING_MECHANISMS: tuple[str, ...] = ("texture", "background")
+#: Mechanisms that can get a class of their own (all but the shape, which is the label); the others take the
+#: shape class. The one definition of this idea: ``cfaug.transforms`` checks its ``vary`` with ``check_vary`` too.
+VARYING_MECHANISMS: tuple[str, ...] = tuple(m for m in MECHANISMS if m != "shape")
 #: ``"shape"``: the target is the shape class; ``"all"``: the ``(shape, texture, background)`` classes.
 TARGETS: tuple[str, ...] = ("shape", "all")
-#: On-disk formats of ``CounterfactualDataset.save``.
-SAVE_FORMATS: tuple[str, ...] = ("png", "safetensors")
-#: Version of the on-disk layout described in this module's docstring.
-DATASET_FORMAT_VERSION = 1
 
 # The classes of an item are drawn from this stream of the item's seed. Mechanisms draw their noise from small
 # stream numbers (0, 1, 2, ...) of the same seed; a distant number keeps the class draw independent of them.
 _CLASS_STREAM = 0xC1A55
-_LABEL_COLUMNS = ("index", "shape", "texture", "background", "seed", "file", "sha256")
-_RANGE_NAME = re.compile(r"^(\d+)-(\d+)\.(csv|json)$")
-_MANIFEST = "manifest.json"
-_LABELS = "labels.csv"
-_IMAGES_PER_FOLDER = 1000
-# The settings that define the data: a resumed or merged save must agree on all of them.
-_SETTING_KEYS = (
-    "dataset_format_version",
-    "cfaug_version",
-    "backend",
-    "weights",
-    "weights_sha256",
-    "parameters_sha256",
-    "arch",
-    "num_classes",
-    "class_names",
-    "image_size",
-    "channels",
-    "seed",
-    "size",
-    "vary",
-    "target",
-    "format",
-)
-
-
-class SavedDatasetError(ValueError):
-    """A saved counterfactual dataset is missing, unfinished, corrupted, or was made with other settings."""
 
 
 @dataclass(frozen=True)
@@ -146,7 +110,13 @@ def _check_seed(seed: Any) -> int:
     return seed
 
 
-def _check_vary(vary: Any) -> tuple[str, ...]:
+def check_vary(vary: Any) -> tuple[str, ...]:
+    """Return ``vary`` as a tuple of ``VARYING_MECHANISMS`` in canonical order after checking its names.
+
+    Raises:
+        TypeError: ``vary`` is not a string or an iterable of strings.
+        ValueError: a name is unknown, or is ``"shape"`` (the shape class is the label and never varies).
+    """
     if isinstance(vary, str):
         vary = (vary,)
     if not isinstance(vary, Iterable):
@@ -158,9 +128,9 @@ def _check_vary(vary: Any) -> tuple[str, ...]:
     for name in names:
         if name == "shape":
             raise ValueError(
-                "`vary` names the mechanisms that get a class of their own, independent of the shape class, "
-                f"so it should be a subset of {list(VARYING_MECHANISMS)}, but got 'shape' (the shape class is "
-                "always drawn)."
+                "`vary` cannot contain 'shape': it names the mechanisms that get a class of their own, independent "
+                "of the shape class (the label), so it should be a subset of "
+                f"{list(VARYING_MECHANISMS)}, but got 'shape' (the shape class is always drawn)."
             )
         verify_str_arg(name, "vary", VARYING_MECHANISMS)
     # Canonical order, so that ("background", "texture") and ("texture", "background") are one setting.
@@ -186,139 +156,6 @@ def _check_index(index: Any, size: int) -> int:
 
 def _target_of(info: CounterfactualInfo, target: str) -> int | tuple[int, int, int]:
     return info.shape if target == "shape" else info.classes
-
-
-# ----------------------------------------------------------------------------------------------- on-disk layout
-def _width(size: int) -> int:
-    """Digits of the zero-padded numbers in file names, so that names sort like the indices they hold."""
-    return max(6, len(str(size)))
-
-
-def _range_name(lo: int, hi: int, width: int, suffix: str) -> str:
-    return f"{lo:0{width}d}-{hi:0{width}d}.{suffix}"
-
-
-def _png_relpath(index: int, width: int) -> str:
-    return f"images/{index // _IMAGES_PER_FOLDER:0{width}d}/{index:0{width}d}.png"
-
-
-def _shard_relpath(lo: int, hi: int, width: int) -> str:
-    return "shards/" + _range_name(lo, hi, width, "safetensors")
-
-
-def _encode_png(pixels: torch.Tensor) -> bytes:
-    # PIL rather than torchvision.io, whose image codecs are deprecated since torchvision 0.29.
-    array = pixels.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _decode_png(data: bytes) -> torch.Tensor:
-    with PIL.Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image)
-    pixels = torch.from_numpy(array.copy())
-    return pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1)
-
-
-def _to_uint8(image: torch.Tensor) -> torch.Tensor:
-    # Round to nearest: loading back as x / 255 is then within 1/510 of the generated float image.
-    return image.detach().cpu().mul(255).round_().clamp_(0, 255).to(torch.uint8).contiguous()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise SavedDatasetError(f"{str(path)!r} is not valid JSON: {error}.") from error
-    if not isinstance(value, dict):
-        raise SavedDatasetError(f"{str(path)!r} should hold a JSON object, but holds {type(value).__name__}.")
-    return value
-
-
-def _write_json(path: Path, value: Mapping[str, Any]) -> None:
-    with atomic_write(path, "w") as handle:
-        json.dump(value, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-
-
-def _csv_bytes(rows: Iterable[Sequence[Any]]) -> bytes:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(_LABEL_COLUMNS)
-    writer.writerows(rows)
-    return text.getvalue().encode("utf-8")
-
-
-def _settings_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:
-    return [
-        f"{key}: {found.get(key)!r} (requested {expected.get(key)!r})"
-        for key in _SETTING_KEYS
-        if expected.get(key) != found.get(key)
-    ]
-
-
-def _parameters_sha256(backend: Backend) -> str:
-    """A digest of the backend's tensors, so that a resumed save cannot mix two different models."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(backend.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _read_ranges(folder: Path, suffix: str) -> list[tuple[int, int, Path]]:
-    """The ``lo-hi.<suffix>`` files of a folder as sorted ``(lo, hi, path)``; temporary files are skipped."""
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = _RANGE_NAME.match(path.name)
-        if match and match.group(3) == suffix:
-            found.append((int(match.group(1)), int(match.group(2)), path))
-    return sorted(found)
-
-
-def _covered(root: Path, size: int) -> list[tuple[int, int, Path]]:
-    """The finished chunks of a save in progress, checked to lie in ``[0, size)`` without overlapping."""
-    records = _read_ranges(root / "records", "csv")
-    end = 0
-    for lo, hi, path in records:
-        if not 0 <= lo < hi <= size:
-            raise SavedDatasetError(f"Record {str(path)!r} covers [{lo}, {hi}), outside [0, {size}).")
-        if lo < end:
-            raise SavedDatasetError(
-                f"Record {str(path)!r} overlaps an earlier record (it starts at {lo}, another ends at {end}). "
-                "Two saves with overlapping index ranges wrote into this folder; ranges given to "
-                "save(start=..., stop=...) in different processes must be disjoint."
-            )
-        end = hi
-    return records
-
-
-def _missing_chunks(
-    covered: Sequence[tuple[int, int, Path]], start: int, stop: int, chunk_size: int
-) -> list[tuple[int, int]]:
-    """Split the indices of ``[start, stop)`` that no record covers into chunks on the ``chunk_size`` grid."""
-    gaps, cursor = [], start
-    for lo, hi, _ in covered:
-        if hi <= cursor or lo >= stop:
-            continue
-        if lo > cursor:
-            gaps.append((cursor, lo))
-        cursor = max(cursor, hi)
-    if cursor < stop:
-        gaps.append((cursor, stop))
-    chunks = []
-    for lo, hi in gaps:
-        # Cut on absolute multiples of chunk_size, so that the files do not depend on where a run was interrupted.
-        while lo < hi:
-            cut = min(hi, (lo // chunk_size + 1) * chunk_size)
-            chunks.append((lo, cut))
-            lo = cut
-    return chunks
 
 
 # ---------------------------------------------------------------------------------------- the generated dataset
@@ -385,7 +222,7 @@ class CounterfactualDataset(VisionDataset):
         )
         self.size = check_positive_int(size, "size")
         self.seed = _check_seed(seed)
-        self.vary = _check_vary(vary)
+        self.vary = check_vary(vary)
         self.target = verify_str_arg(target, "target", TARGETS)
         if backend_kwargs is not None and not isinstance(backend_kwargs, Mapping):
             raise TypeError(f"`backend_kwargs` should be a mapping or None, but got {type(backend_kwargs).__name__}.")
@@ -583,12 +420,8 @@ class CounterfactualDataset(VisionDataset):
         """
         fmt = verify_str_arg(format, "format", SAVE_FORMATS)
         start = check_positive_int(start, "start", allow_zero=True)
-        stop = self.size if stop is None else check_positive_int(stop, "stop")
-        if not start < stop <= self.size:
-            raise ValueError(
-                f"`start` and `stop` should satisfy 0 <= start < stop <= {self.size} (the dataset size), "
-                f"but got start={start} and stop={stop}."
-            )
+        fmt = verify_str_arg(format, "format", SAVE_FORMATS)
+        start, stop = check_range(start, stop, self.size)
         chunk_size = check_positive_int(chunk_size, "chunk_size")
         num_workers = check_positive_int(num_workers, "num_workers", allow_zero=True)
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -597,32 +430,7 @@ class CounterfactualDataset(VisionDataset):
                 f"format='png' stores 1 or 3 channels, but backend {self.backend_name!r} makes "
                 f"{self.backend.channels}-channel images; use format='safetensors'."
             )
-        root = Path(root)
-        settings = self.settings(fmt)
-        _check_existing_settings(root, settings)
-        if (root / _MANIFEST).is_file():
-            return True  # finished earlier, with the same settings
-        width = _width(self.size)
-        part = root / "parts" / _range_name(start, stop, width, "json")
-        part_info = {**settings, "start": start, "stop": stop, "device": str(self.device)}
-        _write_json(part, {**part_info, "complete": False})
-
-        chunks = _missing_chunks(_covered(root, self.size), start, stop, chunk_size)
-        if chunks:
-            writer = _ChunkWriter(self, root, fmt, chunks, width, batch_size)
-            # batch_size=None: each loader item is one whole chunk, generated and written inside the worker.
-            loader = DataLoader(writer, batch_size=None, shuffle=False, num_workers=min(num_workers, len(chunks)))
-            total = sum(hi - lo for lo, hi in chunks)
-            with tqdm(total=total, unit="img", desc=f"Saving {root.name or root}", disable=not progress) as bar:
-                for written in loader:
-                    bar.update(int(written))
-        _write_json(part, {**part_info, "complete": True})
-
-        covered = _covered(root, self.size)
-        if sum(hi - lo for lo, hi, _ in covered) < self.size:
-            return False  # other ranges are still missing (another process, or a later call)
-        _finalize(root)
-        return True
+        return write_range(self, Path(root), fmt, start, stop, chunk_size, num_workers, batch_size, progress)
 
     @staticmethod
     def finalize(root: str | os.PathLike[str]) -> Path:
@@ -638,146 +446,12 @@ class CounterfactualDataset(VisionDataset):
             SavedDatasetError: indices are missing, chunks overlap, a file is missing, or the ranges were
                 saved with different settings.
         """
-        return _finalize(Path(root))
+        return finalize(root)
 
     @staticmethod
     def load(root: str | os.PathLike[str], **kwargs: Any) -> SavedCounterfactualDataset:
         """Read a dataset written by ``save``; ``kwargs`` go to ``SavedCounterfactualDataset``."""
         return SavedCounterfactualDataset(root, **kwargs)
-
-
-class _ChunkWriter(Dataset):
-    """Generates and writes whole chunks; a DataLoader runs it in workers. Item ``k`` writes chunk ``k``."""
-
-    def __init__(
-        self,
-        dataset: CounterfactualDataset,
-        root: Path,
-        fmt: str,
-        chunks: list[tuple[int, int]],
-        width: int,
-        batch_size: int,
-    ) -> None:
-        self.dataset, self.root, self.fmt, self.chunks, self.width = dataset, root, fmt, chunks, width
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return len(self.chunks)
-
-    def _images(self, infos: list[CounterfactualInfo]) -> list[torch.Tensor]:
-        # Batches cut on absolute multiples of batch_size: the same items share a batch however the work is split.
-        images: list[torch.Tensor] = []
-        begin = 0
-        while begin < len(infos):
-            cut = (infos[begin].index // self.batch_size + 1) * self.batch_size
-            end = begin + min(len(infos) - begin, cut - infos[begin].index)
-            images += list(_to_uint8(self.dataset._generate_batch(infos[begin:end]).image))
-            begin = end
-        return images
-
-    def __getitem__(self, k: int) -> int:
-        lo, hi = self.chunks[k]
-        infos = [self.dataset.info(i) for i in range(lo, hi)]
-        rows = []
-        if self.fmt == "png":
-            for info, image in zip(infos, self._images(infos), strict=True):
-                data = _encode_png(image)
-                relpath = _png_relpath(info.index, self.width)
-                # fsync per small file costs 3x the encoding; the chunk's record below is synced and carries
-                # every file's sha256, which loading verifies, so it is the commit point.
-                with atomic_write(self.root / relpath, fsync=False) as handle:
-                    handle.write(data)
-                rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))
-        else:
-            images = torch.stack(self._images(infos))
-
-            def column(name: str) -> torch.Tensor:
-                return torch.tensor([getattr(info, name) for info in infos], dtype=torch.int64)
-
-            tensors = {"images": images, **{name: column(name) for name in _LABEL_COLUMNS[:5]}}
-            # No metadata dict: the header, hence the file's bytes and sha256, depend only on the tensors.
-            data = _safetensors_save(tensors)
-            relpath = _shard_relpath(lo, hi, self.width)
-            with atomic_write(self.root / relpath) as handle:
-                handle.write(data)
-            digest = hashlib.sha256(data).hexdigest()
-            rows = [(*_info_row(info), relpath, digest) for info in infos]
-        # The record goes last: a chunk counts as done only once all its files are complete on disk.
-        with atomic_write(self.root / "records" / _range_name(lo, hi, self.width, "csv")) as handle:
-            handle.write(_csv_bytes(rows))
-        return hi - lo
-
-
-def _info_row(info: CounterfactualInfo) -> tuple[int, int, int, int, int]:
-    return info.index, info.shape, info.texture, info.background, info.seed
-
-
-def _check_existing_settings(root: Path, settings: Mapping[str, Any]) -> None:
-    existing = [root / _MANIFEST] if (root / _MANIFEST).is_file() else []
-    existing += [path for _, _, path in _read_ranges(root / "parts", "json")]
-    for path in existing:
-        differences = _settings_difference(settings, _read_json(path))
-        if differences:
-            raise SavedDatasetError(
-                f"{str(root)!r} holds a dataset saved with other settings ({path.relative_to(root)}): "
-                + "; ".join(differences)
-                + ". Save into another folder, or delete this one to start again."
-            )
-
-
-def _parse_rows(data: bytes, source: str) -> list[tuple[int, int, int, int, int, str, str]]:
-    reader = csv.reader(io.StringIO(data.decode("utf-8")))
-    header = next(reader, None)
-    if header is None or tuple(header) != _LABEL_COLUMNS:
-        raise SavedDatasetError(f"{source} should start with the header {','.join(_LABEL_COLUMNS)}, but got {header}.")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-        try:
-            if len(row) != len(_LABEL_COLUMNS):
-                raise ValueError(f"{len(row)} fields instead of {len(_LABEL_COLUMNS)}")
-            rows.append((*(int(v) for v in row[:5]), row[5], row[6]))
-        except ValueError as error:
-            raise SavedDatasetError(f"{source}, line {line}: {error}.") from error
-    return rows  # type: ignore[return-value]
-
-
-def _finalize(root: Path) -> Path:
-    parts = _read_ranges(root / "parts", "json")
-    if not parts:
-        raise SavedDatasetError(f"{str(root)!r} holds no partial manifest (parts/*.json): nothing was saved there.")
-    settings = {key: _read_json(parts[0][2]).get(key) for key in _SETTING_KEYS}
-    _check_existing_settings(root, settings)
-    size = settings["size"]
-    if not isinstance(size, int) or size <= 0:
-        raise SavedDatasetError(f"{str(parts[0][2])!r} has an invalid size {size!r}.")
-    covered = _covered(root, size)
-    done = sum(hi - lo for lo, hi, _ in covered)
-    if done < size:
-        raise SavedDatasetError(
-            f"{str(root)!r} is incomplete: {done} of {size} items are saved. Finish it by calling save() again "
-            "with the same settings (for every missing range)."
-        )
-    body = bytearray(",".join(_LABEL_COLUMNS).encode() + b"\n")
-    for lo, hi, path in covered:
-        data = path.read_bytes()
-        rows = _parse_rows(data, repr(str(path)))
-        if [row[0] for row in rows] != list(range(lo, hi)):
-            raise SavedDatasetError(f"{str(path)!r} should list the indices {lo} to {hi - 1} in order, but does not.")
-        for relpath in sorted({row[5] for row in rows}):
-            if not (root / relpath).is_file():
-                raise SavedDatasetError(f"{str(root / relpath)!r}, listed in {str(path)!r}, is missing.")
-        body += data.split(b"\n", 1)[1]
-    with atomic_write(root / _LABELS) as handle:
-        handle.write(bytes(body))
-    manifest = {
-        **settings,
-        "complete": True,
-        "labels": _LABELS,
-        "labels_sha256": hashlib.sha256(body).hexdigest(),
-    }
-    # The manifest is written last: its presence means every file it describes is in place.
-    _write_json(root / _MANIFEST, manifest)
-    return root / _MANIFEST
 
 
 # ------------------------------------------------------------------------------------------- the saved dataset

@@ -22,17 +22,20 @@ from __future__ import annotations
 
 import collections.abc
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torchvision.transforms.v2.functional import is_pure_tensor
 
 from cfaug.backends.base import MECHANISMS
+
+# One check and one name for the mechanisms a counterfactual may vary (the shape class is the label), shared with
+# CounterfactualDataset; re-exported here for the transforms that import them from this module.
+from cfaug.datasets.counterfactual import VARYING_MECHANISMS
+from cfaug.datasets.counterfactual import check_vary as check_vary
 from cfaug.seeding import draw_seeds
 
-#: The mechanisms a counterfactual may draw at random. The shape class is never drawn: it is the label.
-VARIABLE_MECHANISMS: tuple[str, ...] = ("texture", "background")
 #: Keys of a parameter set and of a record.
 RECORD_KEYS: tuple[str, ...] = ("applied", *MECHANISMS, *(f"seed_{m}" for m in MECHANISMS))
 #: Class or seed value meaning "taken from the real image" (or "not applied" in a record).
@@ -52,33 +55,6 @@ NO_LABELS = _NoLabels()
 
 
 # ----------------------------------------------------------------------------------------------- settings
-def check_vary(vary: Any) -> tuple[str, ...]:
-    """Return ``vary`` as a tuple in canonical order after checking its names.
-
-    Raises:
-        TypeError: ``vary`` is not a string or an iterable of strings.
-        ValueError: a name is unknown, or is ``"shape"`` (the shape class is the label and never varies).
-    """
-    if isinstance(vary, str):
-        vary = (vary,)
-    if not isinstance(vary, Iterable) or not all(isinstance(name, str) for name in vary):
-        raise TypeError(
-            f"`vary` should be a tuple of mechanism names from {list(VARIABLE_MECHANISMS)}, but got {vary!r}."
-        )
-    names = tuple(vary)
-    if "shape" in names:
-        raise ValueError(
-            "`vary` cannot contain 'shape': a counterfactual keeps the label as its shape class, so the label stays "
-            f"true. Valid values are {list(VARIABLE_MECHANISMS)}, but got {names!r}."
-        )
-    unknown = [name for name in names if name not in VARIABLE_MECHANISMS]
-    if unknown:
-        raise ValueError(
-            f"Unknown value {unknown[0]!r} in argument `vary`. Valid values are {list(VARIABLE_MECHANISMS)}."
-        )
-    return tuple(name for name in VARIABLE_MECHANISMS if name in names)
-
-
 def check_generator(generator: Any) -> torch.Generator | None:
     """Return ``generator`` after checking that it is ``None`` or a CPU ``torch.Generator``."""
     if generator is None:
@@ -145,7 +121,7 @@ def sample_params(
     if draws != batch_size:
         classes, seeds = classes.expand(-1, batch_size), seeds.expand(-1, batch_size)
     params["shape"] = torch.full((batch_size,), FROM_REAL, dtype=torch.int64)
-    for mechanism in VARIABLE_MECHANISMS:
+    for mechanism in VARYING_MECHANISMS:
         if mechanism in vary:
             params[mechanism] = classes[vary.index(mechanism)].clone()
         else:
@@ -159,7 +135,7 @@ def attach_labels(params: dict[str, torch.Tensor], labels: torch.Tensor, vary: t
     """Label-aware mode: the shape class is the label, and so is the class of every mechanism not varied."""
     params = dict(params)
     params["shape"] = labels.clone()
-    for mechanism in VARIABLE_MECHANISMS:
+    for mechanism in VARYING_MECHANISMS:
         if mechanism not in vary:
             params[mechanism] = labels.clone()
     return params
