@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from cfaug._utils import atomic_write, check_positive_int
 from cfaug.backends.base import MECHANISMS, Backend
-from cfaug.distributed import all_gather_objects, distributed_info, fail_together, rank_range
+from cfaug.distributed import all_gather_objects, distributed_info, fail_together, module_digest, rank_range
 
 if TYPE_CHECKING:
     from cfaug.datasets.counterfactual import CounterfactualDataset, CounterfactualInfo
@@ -176,12 +176,7 @@ def _settings_difference(expected: Mapping[str, Any], found: Mapping[str, Any]) 
 
 def _parameters_sha256(backend: Backend) -> str:
     """A digest of the backend's tensors, so that a resumed save cannot mix two different models."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(backend.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return module_digest(backend)
 
 
 def _read_ranges(folder: Path, suffix: str) -> list[tuple[int, int, Path]]:
