@@ -2,8 +2,10 @@
 
 ``cfaug evaluate mnist`` runs the classifier experiment of Table 2 (``cfaug.evaluation.mnist``); ``cfaug evaluate
 imagenet`` the shape bias (Table 3) and the Backgrounds Challenge (Table 4) of an ImageNet classifier
-(``cfaug.evaluation.imagenet``). ``train_classifier`` here is the MNIST experiment's small CNN; the ImageNet
-classifier ensemble is trained with ``cfaug.training.train_classifier``.
+(``cfaug.evaluation.imagenet``). The MNIST experiment is split into ``table2`` (orchestration), ``counterfactual_sets``
+and ``shape_classifier``; ``cfaug.evaluation.mnist`` re-exports all of it under its old name.
+``train_shape_classifier`` (alias ``train_classifier``) trains the MNIST experiment's small CNN; the ImageNet
+classifier ensemble has its own trainer in the training package.
 
 Examples:
     >>> from cfaug.evaluation import format_table2, run_table2
@@ -17,6 +19,9 @@ Examples:
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from cfaug.evaluation.imagenet import (
     BACKGROUND_VARIANTS,
     DEFAULT_BACKGROUND_VARIANTS,
@@ -24,13 +29,11 @@ from cfaug.evaluation.imagenet import (
     IN9_CLASSES,
     CueConflictStimuli,
     EvaluationModel,
-    add_evaluate_imagenet_arguments,
     backgrounds_challenge,
     format_backgrounds,
     format_shape_bias,
     load_evaluation_model,
     load_in9_mapping,
-    run_evaluate_imagenet,
     shape_bias,
 )
 from cfaug.evaluation.mnist import (
@@ -38,8 +41,6 @@ from cfaug.evaluation.mnist import (
     SETTINGS,
     VARIANTS,
     ShapeClassifier,
-    add_evaluate_mnist_arguments,
-    add_table2_options,
     evaluate_classifier,
     format_table2,
     generate_counterfactuals,
@@ -47,12 +48,11 @@ from cfaug.evaluation.mnist import (
     make_datasets,
     merge_table2,
     real_shape_counterfactuals,
-    run_evaluate_mnist,
     run_table2,
     split_tensors,
     train_classifier,
+    train_shape_classifier,
     visible_digits,
-    weights_from_args,
 )
 
 __all__ = [
@@ -66,9 +66,6 @@ __all__ = [
     "CueConflictStimuli",
     "EvaluationModel",
     "ShapeClassifier",
-    "add_evaluate_imagenet_arguments",
-    "add_evaluate_mnist_arguments",
-    "add_table2_options",
     "backgrounds_challenge",
     "evaluate_classifier",
     "format_backgrounds",
@@ -81,12 +78,26 @@ __all__ = [
     "make_datasets",
     "merge_table2",
     "real_shape_counterfactuals",
-    "run_evaluate_imagenet",
-    "run_evaluate_mnist",
     "run_table2",
     "shape_bias",
     "split_tensors",
     "train_classifier",
+    "train_shape_classifier",
     "visible_digits",
-    "weights_from_args",
 ]
+
+# The command line moved to cfaug.cli.evaluate; its names still import from here, loaded on first use.
+_MOVED_TO_CLI = (
+    "add_evaluate_imagenet_arguments",
+    "add_evaluate_mnist_arguments",
+    "add_table2_options",
+    "run_evaluate_imagenet",
+    "run_evaluate_mnist",
+    "weights_from_args",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_CLI:
+        return getattr(importlib.import_module("cfaug.cli.evaluate"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

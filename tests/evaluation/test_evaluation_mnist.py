@@ -321,7 +321,7 @@ def test_run_table2_augments_every_batch_online(mnist_root, cgn_checkpoint, cgn_
 
 
 def test_run_table2_keeps_finished_runs_when_interrupted(mnist_root, cgn_checkpoint, tmp_path, monkeypatch):
-    import cfaug.evaluation.mnist as module
+    import cfaug.evaluation.table2 as module  # run_table2 looks evaluate_classifier up there
 
     evaluate = module.evaluate_classifier
     calls = []
@@ -541,7 +541,7 @@ def test_benchmark_script_merges_results_files(mnist_root, cgn_checkpoint, tmp_p
 def _load_benchmark(name: str):
     import importlib.util
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
