@@ -258,14 +258,11 @@ def run_evaluate_imagenet(args: argparse.Namespace) -> int:
         download=args.download,
         device=args.device,
     )
-    common = dict(
-        outputs=args.outputs,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=args.progress,
-    )
+    # The options both evaluations take, under the same names as their parameters.
+    common = {
+        name: getattr(args, name)
+        for name in ("outputs", "image_size", "batch_size", "num_workers", "device", "progress")
+    }
     if evaluation == "shape-bias":
         results = shape_bias(model, args.data, resize=args.resize, **common)
         table = format_shape_bias(results)

@@ -37,7 +37,6 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -52,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cfaug._utils import check_positive_int, verify_str_arg
+from cfaug.evaluation._moved import forward_to
 from cfaug.models.classifiers import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -196,15 +196,8 @@ IN9_CLASSES: tuple[str, ...] = (
     "fish",
 )
 #: The test variants of the Backgrounds Challenge release (``bg_challenge/<variant>/val``).
-BACKGROUND_VARIANTS: tuple[str, ...] = (
-    "original",
-    "mixed_same",
-    "mixed_rand",
-    "mixed_next",
-    "only_fg",
-    "no_fg",
-    "only_bg_b",
-    "only_bg_t",
+BACKGROUND_VARIANTS: tuple[str, ...] = tuple(
+    "original mixed_same mixed_rand mixed_next only_fg no_fg only_bg_b only_bg_t".split()
 )
 #: The columns of the CGN paper's Table 4: IN-9, Mixed-Same, Mixed-Rand (and from the last two, the BG-gap).
 DEFAULT_BACKGROUND_VARIANTS: tuple[str, ...] = ("original", "mixed_same", "mixed_rand")
@@ -697,10 +690,8 @@ def format_backgrounds(results: Mapping[str, Any]) -> str:
 
 
 # The command line moved to cfaug.cli.evaluate; its names still import from here, loaded on first use.
-_MOVED_TO_CLI = ("add_evaluate_imagenet_arguments", "run_evaluate_imagenet")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_CLI:
-        return getattr(importlib.import_module("cfaug.cli.evaluate"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = forward_to(
+    "cfaug.cli.evaluate",
+    __name__,
+    ("add_evaluate_imagenet_arguments", "run_evaluate_imagenet"),
+)

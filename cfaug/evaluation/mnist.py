@@ -8,9 +8,7 @@ The code now lives by concern: :mod:`cfaug.evaluation.table2` (the experiment: `
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from cfaug.evaluation._moved import forward_to
 from cfaug.evaluation.counterfactual_sets import (
     generate_counterfactuals,
     load_counterfactual_backend,
@@ -48,16 +46,14 @@ __all__ = [
 
 # The command line moved to cfaug.cli.evaluate; its names still import from here, loaded on first use (the library
 # does not import the command line).
-_MOVED_TO_CLI = (
-    "add_evaluate_mnist_arguments",
-    "add_table2_options",
-    "parse_named_weights",
-    "run_evaluate_mnist",
-    "weights_from_args",
+__getattr__ = forward_to(
+    "cfaug.cli.evaluate",
+    __name__,
+    (
+        "add_evaluate_mnist_arguments",
+        "add_table2_options",
+        "parse_named_weights",
+        "run_evaluate_mnist",
+        "weights_from_args",
+    ),
 )
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_CLI:
-        return getattr(importlib.import_module("cfaug.cli.evaluate"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
