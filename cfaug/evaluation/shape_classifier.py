@@ -306,6 +306,10 @@ def train_shape_classifier(
     Both sources are moved to ``device`` once, and each step gathers its batch there: on a GPU no step waits for
     the CPU to compose images.
 
+    It is ``build_shape_classifier_parts`` once, then ``shape_classifier_step`` on every batch of
+    ``parts.epoch_batches()`` and ``parts.scheduler.step()`` after each epoch: a step runner that does the same
+    trains the same classifier.
+
     Args:
         real: a variant dataset, its ``split_tensors`` (reuse them across runs), or ``None``.
         counterfactuals: ``(uint8 images, labels)`` from ``generate_counterfactuals``, or ``None``.
