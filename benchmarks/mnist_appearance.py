@@ -31,8 +31,10 @@ import torch.nn.functional as F
 import cfaug
 from cfaug._utils import atomic_write
 from cfaug.backends.mnist import MnistBackend
+from cfaug.cli.evaluate import parse_named_weights
+from cfaug.datasets.mnist_variants import VARIANTS
 from cfaug.demo import save_grid
-from cfaug.evaluation.mnist import VARIANTS, make_datasets, parse_named_weights
+from cfaug.evaluation.shape_classifier import make_datasets
 
 PATCH = 7
 LEVELS = (32, 16)

@@ -27,8 +27,8 @@ import cfaug
 from cfaug._utils import atomic_write
 from cfaug.backends.mnist import MnistBackend
 from cfaug.checkpoint import load_checkpoint
-from cfaug.datasets.mnist_variants import ColoredMNIST
-from cfaug.evaluation.mnist import VARIANTS, parse_named_weights
+from cfaug.cli.evaluate import parse_named_weights
+from cfaug.datasets.mnist_variants import VARIANTS, ColoredMNIST
 from cfaug.training.shape_teacher import shape_accuracy, train_shape_teacher
 
 _TEACHER_SEED = 12345  # differs from every training run's teacher stream

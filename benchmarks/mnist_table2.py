@@ -9,6 +9,9 @@ checkpoints, imported), the paper's number beside them, and for Double-colored M
 digits that are visible (about one in ten has the same colour inside and out). Results and counterfactual grids go
 to ``--out-dir/<variant>/``.
 
+This is ``cfaug evaluate mnist`` (its options come from ``cfaug.cli.evaluate``) over several variants in one call,
+with the machine printed first and ``--merge`` to join results run apart.
+
 On the CPU one epoch over 50,000 images takes one to two minutes per thread; the paper's protocol (3 seeds,
 10 epochs, 50,000 counterfactuals, five settings) is hours. Quick look:
 
@@ -35,8 +38,9 @@ from pathlib import Path
 import torch
 
 from cfaug._utils import atomic_write
-from cfaug.evaluation import VARIANTS, format_table2, merge_table2, run_table2
-from cfaug.evaluation.mnist import add_table2_options, weights_from_args
+from cfaug.cli.evaluate import add_table2_options, run_table2_from_args
+from cfaug.datasets.mnist_variants import VARIANTS
+from cfaug.evaluation.table2 import format_table2, merge_table2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,24 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {machine}, {torch.get_num_threads()} threads, device {args.device}\n")
     for variant in args.variants:
-        weights = weights_from_args(args, variant)
         started = time.perf_counter()
-        results = run_table2(
-            variant,
-            weights,
-            seeds=args.seeds,
-            settings=args.settings,
-            epochs=args.epochs,
-            num_counterfactuals=args.num_counterfactuals,
-            data_root=args.data_root,
-            texture_root=args.texture_root if variant == "wildlife_mnist" else None,
-            out_dir=Path(args.out_dir) / variant,
-            batch_size=args.batch_size,
-            max_train_images=args.max_train_images,
-            augment_p=args.augment_p,
-            device=args.device,
-            progress=args.progress,
-        )
+        texture_root = args.texture_root if variant == "wildlife_mnist" else None
+        results = run_table2_from_args(args, variant, Path(args.out_dir) / variant, texture_root)
         print(format_table2(results))
         print(f"\n({time.perf_counter() - started:.0f} s; {Path(args.out_dir) / variant / 'results.json'})\n")
     return 0

@@ -2,8 +2,10 @@
 
 ``cfaug evaluate mnist`` runs the classifier experiment of Table 2 (``cfaug.evaluation.mnist``); ``cfaug evaluate
 imagenet`` the shape bias (Table 3) and the Backgrounds Challenge (Table 4) of an ImageNet classifier
-(``cfaug.evaluation.imagenet``). ``train_classifier`` here is the MNIST experiment's small CNN; the ImageNet
-classifier ensemble is trained with ``cfaug.training.train_classifier``.
+(``cfaug.evaluation.imagenet``). The MNIST experiment is split into ``table2`` (orchestration), ``counterfactual_sets``
+and ``shape_classifier``; ``cfaug.evaluation.mnist`` re-exports all of it under its old name.
+``train_shape_classifier`` (alias ``train_classifier``) trains the MNIST experiment's small CNN; the ImageNet
+classifier ensemble has its own trainer in the training package.
 
 Examples:
     >>> from cfaug.evaluation import format_table2, run_table2
@@ -17,6 +19,7 @@ Examples:
 
 from __future__ import annotations
 
+from cfaug.evaluation._moved import forward_to
 from cfaug.evaluation.imagenet import (
     BACKGROUND_VARIANTS,
     DEFAULT_BACKGROUND_VARIANTS,
@@ -24,69 +27,44 @@ from cfaug.evaluation.imagenet import (
     IN9_CLASSES,
     CueConflictStimuli,
     EvaluationModel,
-    add_evaluate_imagenet_arguments,
     backgrounds_challenge,
     format_backgrounds,
     format_shape_bias,
     load_evaluation_model,
     load_in9_mapping,
-    run_evaluate_imagenet,
     shape_bias,
 )
-from cfaug.evaluation.mnist import (
-    PAPER_TABLE2,
-    SETTINGS,
-    VARIANTS,
-    ShapeClassifier,
-    add_evaluate_mnist_arguments,
-    add_table2_options,
-    evaluate_classifier,
-    format_table2,
-    generate_counterfactuals,
-    load_counterfactual_backend,
-    make_datasets,
-    merge_table2,
-    real_shape_counterfactuals,
-    run_evaluate_mnist,
-    run_table2,
-    split_tensors,
-    train_classifier,
-    visible_digits,
-    weights_from_args,
-)
+
+# The MNIST experiment's names are exactly those of its old module, which re-exports them from their new homes.
+from cfaug.evaluation.mnist import *  # noqa: F403
+from cfaug.evaluation.mnist import __all__ as _mnist_names
 
 __all__ = [
     "BACKGROUND_VARIANTS",
     "DEFAULT_BACKGROUND_VARIANTS",
     "GEIRHOS_16_CATEGORIES",
     "IN9_CLASSES",
-    "PAPER_TABLE2",
-    "SETTINGS",
-    "VARIANTS",
     "CueConflictStimuli",
     "EvaluationModel",
-    "ShapeClassifier",
-    "add_evaluate_imagenet_arguments",
-    "add_evaluate_mnist_arguments",
-    "add_table2_options",
     "backgrounds_challenge",
-    "evaluate_classifier",
     "format_backgrounds",
     "format_shape_bias",
-    "format_table2",
-    "generate_counterfactuals",
-    "load_counterfactual_backend",
     "load_evaluation_model",
     "load_in9_mapping",
-    "make_datasets",
-    "merge_table2",
-    "real_shape_counterfactuals",
-    "run_evaluate_imagenet",
-    "run_evaluate_mnist",
-    "run_table2",
     "shape_bias",
-    "split_tensors",
-    "train_classifier",
-    "visible_digits",
-    "weights_from_args",
+    *_mnist_names,
 ]
+
+# The command line moved to cfaug.cli.evaluate; its names still import from here, loaded on first use.
+__getattr__ = forward_to(
+    "cfaug.cli.evaluate",
+    __name__,
+    (
+        "add_evaluate_imagenet_arguments",
+        "add_evaluate_mnist_arguments",
+        "add_table2_options",
+        "run_evaluate_imagenet",
+        "run_evaluate_mnist",
+        "weights_from_args",
+    ),
+)

@@ -24,7 +24,7 @@ ImageNet classes outside IN-9 map to -1 and always count as wrong.
 is the share of decisions that change only because the background belongs to another class. The authors of the
 CGN paper report it on ``shape_texture``, the ensemble's output without its background head.
 
-Both evaluations run any classifier: the ensemble of ``cfaug.training.classifier`` (each of its outputs is
+Both evaluations run any classifier: the ensemble of ``cfaug train classifier`` (each of its outputs is
 evaluated, from one forward pass), or a plain torchvision model. They read folders the user supplies and say
 precisely what is missing when the layout is wrong.
 
@@ -37,7 +37,6 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -51,8 +50,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cfaug._utils import atomic_write, check_positive_int, verify_str_arg
-from cfaug.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, OUTPUTS
+from cfaug._utils import check_positive_int, verify_str_arg
+from cfaug.evaluation._moved import forward_to
+from cfaug.models.classifiers import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "BACKGROUND_VARIANTS",
@@ -65,7 +65,6 @@ __all__ = [
     "IN9_STD",
     "CueConflictStimuli",
     "EvaluationModel",
-    "add_evaluate_imagenet_arguments",
     "backgrounds_challenge",
     "format_backgrounds",
     "format_shape_bias",
@@ -74,7 +73,6 @@ __all__ = [
     "load_evaluation_model",
     "load_in9_mapping",
     "parse_cue_conflict_name",
-    "run_evaluate_imagenet",
     "shape_bias",
 ]
 
@@ -198,15 +196,8 @@ IN9_CLASSES: tuple[str, ...] = (
     "fish",
 )
 #: The test variants of the Backgrounds Challenge release (``bg_challenge/<variant>/val``).
-BACKGROUND_VARIANTS: tuple[str, ...] = (
-    "original",
-    "mixed_same",
-    "mixed_rand",
-    "mixed_next",
-    "only_fg",
-    "no_fg",
-    "only_bg_b",
-    "only_bg_t",
+BACKGROUND_VARIANTS: tuple[str, ...] = tuple(
+    "original mixed_same mixed_rand mixed_next only_fg no_fg only_bg_b only_bg_t".split()
 )
 #: The columns of the CGN paper's Table 4: IN-9, Mixed-Same, Mixed-Rand (and from the last two, the BG-gap).
 DEFAULT_BACKGROUND_VARIANTS: tuple[str, ...] = ("original", "mixed_same", "mixed_rand")
@@ -698,101 +689,9 @@ def format_backgrounds(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------------ CLI
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument(
-        "--classifier", help="a cfaug ensemble checkpoint (final.safetensors of `cfaug train classifier`)"
-    )
-    which.add_argument("--torchvision", help="a torchvision architecture, e.g. resnet50 (needs --weights)")
-    parser.add_argument(
-        "--weights", default=None, help="the torchvision model's weights: a name (IMAGENET1K_V1) or a file"
-    )
-    parser.add_argument("--download", action="store_true", help="download named torchvision weights if not cached")
-    parser.add_argument(
-        "--outputs", nargs="+", default=None, help=f"outputs to evaluate (default all: {', '.join(OUTPUTS)}, or logits)"
-    )
-    parser.add_argument("--out", default=None, help="write the results as JSON to this file")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bars")
-
-
-def add_evaluate_imagenet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the sub-commands ``shape-bias`` and ``backgrounds`` of ``cfaug evaluate imagenet`` to ``parser``.
-
-    Examples:
-        >>> parser = add_evaluate_imagenet_arguments(argparse.ArgumentParser(prog="cfaug evaluate imagenet"))
-        >>> args = parser.parse_args(["shape-bias", "--data", "stimuli", "--classifier", "final.safetensors"])
-        >>> args.imagenet_evaluation, args.outputs
-        ('shape-bias', None)
-    """
-    commands = parser.add_subparsers(dest="imagenet_evaluation", metavar="EVALUATION", parser_class=type(parser))
-    bias = commands.add_parser("shape-bias", help="shape bias on Geirhos' cue-conflict stimuli (the paper's Table 3)")
-    bias.add_argument("--data", required=True, help="the stimuli folder: <data>/<category>/<shape>N-<texture>M.png")
-    _add_model_arguments(bias)
-    bias.add_argument("--image-size", type=int, default=None, help="centre crop (default: the model's, 224)")
-    bias.add_argument("--resize", type=int, default=None, help="resize before cropping (default: crop * 256 / 224)")
-    bias.set_defaults(handler=run_evaluate_imagenet)
-
-    backgrounds = commands.add_parser("backgrounds", help="the Backgrounds Challenge on IN-9 (the paper's Table 4)")
-    backgrounds.add_argument("--data", required=True, help="the IN-9 folder: <data>/<variant>/val/<class>/*")
-    _add_model_arguments(backgrounds)
-    backgrounds.add_argument(
-        "--variants",
-        nargs="+",
-        choices=BACKGROUND_VARIANTS,
-        default=list(DEFAULT_BACKGROUND_VARIANTS),
-        help="IN-9 variants (default: original mixed_same mixed_rand)",
-    )
-    backgrounds.add_argument(
-        "--mapping", default=None, help=f"the ImageNet-to-IN-9 mapping (default <data>/{IN9_MAPPING_FILE})"
-    )
-    backgrounds.add_argument(
-        "--normalization",
-        choices=("model", "in9"),
-        default="model",
-        help="normalise with the model's statistics (official evaluation) or IN-9's (the CGN authors' code)",
-    )
-    backgrounds.add_argument("--image-size", type=int, default=None, help="resize and centre-crop first (default: no)")
-    backgrounds.set_defaults(handler=run_evaluate_imagenet)
-    return parser
-
-
-def run_evaluate_imagenet(args: argparse.Namespace) -> int:
-    """Run ``cfaug evaluate imagenet shape-bias|backgrounds``: print a markdown table, optionally write JSON."""
-    evaluation = getattr(args, "imagenet_evaluation", None)
-    if evaluation is None:
-        raise NotImplementedError("`cfaug evaluate imagenet` needs an evaluation: shape-bias or backgrounds.")
-    model = load_evaluation_model(
-        classifier=args.classifier,
-        torchvision=args.torchvision,
-        weights=args.weights,
-        download=args.download,
-        device=args.device,
-    )
-    common = dict(
-        outputs=args.outputs,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        progress=args.progress,
-    )
-    if evaluation == "shape-bias":
-        results = shape_bias(model, args.data, resize=args.resize, **common)
-        table = format_shape_bias(results)
-    else:
-        results = backgrounds_challenge(
-            model, args.data, variants=args.variants, mapping=args.mapping, normalization=args.normalization, **common
-        )
-        table = format_backgrounds(results)
-    print(f"{evaluation} of {model.description}\n")
-    print(table)
-    if args.out is not None:
-        with atomic_write(args.out, "w") as handle:
-            json.dump({"evaluation": evaluation, "model": model.description, "results": results}, handle, indent=2)
-            handle.write("\n")
-        print(f"\nResults: {args.out}")
-    return 0
+# The command line moved to cfaug.cli.evaluate; its names still import from here, loaded on first use.
+__getattr__ = forward_to(
+    "cfaug.cli.evaluate",
+    __name__,
+    ("add_evaluate_imagenet_arguments", "run_evaluate_imagenet"),
+)

@@ -10,6 +10,9 @@ the authors did: the pretrained running statistics are kept (the affine weights 
 This module also holds what a trained ensemble needs around it: its checkpoint format (``save_classifier``,
 ``load_classifier``), torchvision weight loading, and the pre-processing it was trained and is evaluated with
 (``train_transform``, ``eval_transform``). Training lives in :mod:`cfaug.training.classifier`.
+
+``ShapeClassifier`` is the small CNN of the MNIST experiment (the paper's Table 2), trained and tested by
+:mod:`cfaug.evaluation.shape_classifier`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import check_positive_int, sha256_file, verify_str_arg
@@ -35,6 +39,7 @@ __all__ = [
     "OUTPUTS",
     "STATE_KIND",
     "EnsembleClassifier",
+    "ShapeClassifier",
     "TinyCNN",
     "WeightsUnavailableError",
     "build_backbone",
@@ -420,3 +425,43 @@ def eval_transform(image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std
             v2.Normalize(mean, std),
         ]
     )
+
+
+class ShapeClassifier(nn.Module):
+    """The authors' MNIST shape classifier (67,760 parameters): 32x32 RGB in, 10 log-probabilities out.
+
+    BatchNorm2d(3) (so the input scale does not matter), conv 5x5 3->32 (pad 2), ReLU, max-pool 3/2/1 (16x16),
+    conv 3x3 32->32, ReLU, conv 3x3 32->64 stride 2 (8x8), ReLU, conv 3x3 64->64, ReLU, average pool 7, linear
+    64->10, log-softmax. The 3x3 convolutions are padded by 1: that is the only padding that gives the 8x8 map the
+    architecture describes and leaves the 7x7 average pool a 1x1 output.
+
+    Examples:
+        >>> model = ShapeClassifier()
+        >>> sum(p.numel() for p in model.parameters())
+        67760
+        >>> model(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        check_positive_int(num_classes, "num_classes")
+        self.features = nn.Sequential(
+            nn.BatchNorm2d(3),
+            nn.Conv2d(3, 32, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(7),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities ``(B, num_classes)`` of images ``(B, 3, 32, 32)``."""
+        return F.log_softmax(self.head(self.features(images)), dim=1)

@@ -257,6 +257,49 @@ def test_training_rejects_no_data():
         train_classifier(None, None)
 
 
+def test_training_is_its_parts_and_steps(mnist_root, cgn_checkpoint):
+    # A step runner that builds the parts and calls one step per batch trains the very same classifier.
+    from cfaug.evaluation.shape_classifier import (
+        build_shape_classifier_parts,
+        shape_classifier_step,
+        train_shape_classifier,
+    )
+
+    train = split_tensors(ColoredMNIST(mnist_root, train=True))
+    counterfactuals = generate_counterfactuals(load_counterfactual_backend(cgn_checkpoint), 30, seed=1)
+    options = dict(seed=4, batch_size=16, max_real=70)
+    parts = build_shape_classifier_parts(train, counterfactuals, **options)
+    assert (parts.num_real, parts.num_cf) == (70, 30)
+    losses = []
+    for _ in range(2):
+        losses += [shape_classifier_step(parts, batch) for batch in parts.epoch_batches()]
+        parts.scheduler.step()
+    assert len(losses) == 2 * -(-100 // 16) and all(loss.requires_grad is False for loss in losses)
+    trained = train_shape_classifier(train, counterfactuals, epochs=2, **options).state_dict()
+    stepped = parts.model.state_dict()
+    assert all(torch.equal(trained[key], stepped[key]) for key in trained)
+    assert train_classifier is train_shape_classifier
+
+
+def test_old_import_paths_reach_the_moved_names():
+    import cfaug.cli.evaluate as cli
+    import cfaug.evaluation as evaluation
+    import cfaug.evaluation.imagenet as imagenet
+    import cfaug.evaluation.mnist as mnist
+    import cfaug.evaluation.table2 as table2
+    from cfaug.models.classifiers import ShapeClassifier as network
+
+    assert mnist.ShapeClassifier is network and mnist.run_table2 is table2.run_table2
+    for module, names in (
+        (mnist, ("add_evaluate_mnist_arguments", "add_table2_options", "parse_named_weights", "weights_from_args")),
+        (imagenet, ("add_evaluate_imagenet_arguments", "run_evaluate_imagenet")),
+        (evaluation, ("add_evaluate_mnist_arguments", "run_evaluate_mnist", "run_evaluate_imagenet")),
+    ):
+        assert all(getattr(module, name) is getattr(cli, name) for name in names)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        mnist.nothing  # noqa: B018
+
+
 # ------------------------------------------------------------------------------------------ run_table2
 
 
@@ -321,7 +364,7 @@ def test_run_table2_augments_every_batch_online(mnist_root, cgn_checkpoint, cgn_
 
 
 def test_run_table2_keeps_finished_runs_when_interrupted(mnist_root, cgn_checkpoint, tmp_path, monkeypatch):
-    import cfaug.evaluation.mnist as module
+    import cfaug.evaluation.table2 as module  # run_table2 looks evaluate_classifier up there
 
     evaluate = module.evaluate_classifier
     calls = []
@@ -541,7 +584,7 @@ def test_benchmark_script_merges_results_files(mnist_root, cgn_checkpoint, tmp_p
 def _load_benchmark(name: str):
     import importlib.util
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
