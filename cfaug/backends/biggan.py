@@ -43,7 +43,6 @@ import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
@@ -65,7 +64,7 @@ from cfaug.models.biggan import (
     save_biggan,
 )
 from cfaug.models.biggan import pytorch_pretrained_biggan as _ppb
-from cfaug.models.u2net import U2NET_VARIANTS
+from cfaug.models.u2net import U2NET_VARIANTS, U2Net, build_u2net
 from cfaug.seeding import mix_seed
 
 __all__ = [
@@ -99,13 +98,6 @@ NOISE_STREAM = 0
 _MECHANISM_MODULES = ("f_shape", "f_text", "f_bg")
 # What the authors' CGN state dict holds besides the mechanisms: the frozen ground-truth BigGAN (training only).
 _AUTHORS_GT_MODULE = "biggan_GT"
-
-
-def _u2net_module() -> ModuleType:
-    # Imported on use: the U2-Net definitions are only needed once a backend is built.
-    import cfaug.models.u2net as u2net
-
-    return u2net
 
 
 # ------------------------------------------------------------------------------------------------ noise
@@ -235,7 +227,7 @@ class BigGANBackend(Backend):
         self.f_text = build_biggan(config)
         self.f_bg = build_biggan(config)
         # Frozen: pinned to eval mode (its BatchNorm keeps its statistics) and without parameter gradients.
-        self.u2net = _u2net_module().U2Net(u2net_variant).freeze()
+        self.u2net = U2Net(u2net_variant).freeze()
 
     # ---------------------------------------------------------------------------------- configuration
     @property
@@ -394,7 +386,7 @@ class BigGANBackend(Backend):
         for network in backend.mechanism_modules().values():
             network.load_state_dict(state, strict=True)
         # build_u2net returns the network frozen and records where its weights came from.
-        backend.u2net = _u2net_module().build_u2net(variant=u2net_variant, weights=u2net_weights, device="cpu")
+        backend.u2net = build_u2net(variant=u2net_variant, weights=u2net_weights, device="cpu")
         backend.weights_name = f"untrained:{biggan if not isinstance(biggan, nn.Module) else 'module'}"
         return backend.to(device or "cpu").eval().requires_grad_(False)
 
@@ -480,10 +472,9 @@ class BigGANBackend(Backend):
 
 def _recognise_u2net(state: Mapping[str, torch.Tensor]) -> tuple[str | None, list[str]]:
     """The U2-Net variant whose tensors match ``state`` exactly, or ``None`` and the closest variant's problems."""
-    u2net = _u2net_module()
     candidates = []
     for variant in U2NET_VARIANTS:
-        problems = state_dict_problems(state, _shapes_only(lambda v=variant: u2net.U2Net(v)))
+        problems = state_dict_problems(state, _shapes_only(lambda v=variant: U2Net(v)))
         if not problems:
             return variant, []
         # Each problem line starts with its count; the variant with the fewest differences is the likeliest intent.
