@@ -1,19 +1,10 @@
 """The ``mnist`` backend: the CGN authors' 32x32 generator for the MNIST variants.
 
-The architecture is exactly the one of Sauer & Geiger's MNIST CGN (module and parameter names included), so the
-authors' released checkpoints load into it without a single missing or unexpected key
-(``MnistBackend.import_weights``):
-
-* ``label_emb``: a learnable ``Embedding(num_classes, num_classes)``; every mechanism gets
-  ``concat(u, label_emb(y))`` with ``u ~ N(0, I_latent_dim)``;
-* ``f_shape``: Linear -> (2*ngf, s, s) -> InstanceNorm -> Up(2*ngf -> ngf) -> InstanceNorm -> Up(ngf -> 1)
-  -> InstanceNorm, then a clamp to [1e-4, 1 - 1e-4] (there is no sigmoid);
-* ``f_text1`` (foreground) and ``f_text2`` (background): Linear -> (2*ngf, s, s) -> Up(2*ngf -> 2*ngf)
-  -> Up(2*ngf -> ngf) -> Conv3x3(ngf -> 3) -> BatchNorm -> Tanh, followed by the "shuffler", a random cyclic
-  translation of the texture map (``cyclic_shift``);
-
-where ``Up`` is nearest x2 upsampling, a 3x3 convolution without bias, BatchNorm and LeakyReLU(0.2), and
-``s = image_size // 4``.
+An adapter: the networks are in ``cfaug.models.mnist_cgn`` (architecture exactly the one of Sauer & Geiger's MNIST
+CGN, module and parameter names included, so the authors' released checkpoints load without a single missing or
+unexpected key, ``MnistBackend.import_weights``) and their fused inference copy in ``cfaug.models.mnist_cgn_fused``.
+This module holds the weights table, the three mechanisms and the import of the authors' checkpoints; the
+networks' names stay importable from here.
 
 Generation (the ``Backend`` mechanisms) follows the authors' counterfactual mode: each
 mechanism draws its own noise, here from the per-sample streams of ``cfaug.seeding``, and foregrounds and
@@ -43,8 +34,18 @@ from cfaug._utils import check_positive_int, sha256_file, verify_str_arg
 from cfaug.backends.base import Backend
 from cfaug.checkpoint import Checkpoint, CheckpointError, load_torch_state_dict, state_dict_problems
 from cfaug.hub import Weights
+from cfaug.models.mnist_cgn import (
+    MASK_CLAMP,
+    MaskEstimator,
+    cyclic_shift,
+    random_shift_offsets,
+    shape_net,
+    texture_net,
+)
+from cfaug.models.mnist_cgn_fused import FusedShapeNet, FusedTextureNet
 from cfaug.seeding import per_sample_normal, per_sample_randint
 
+# MASK_CLAMP, MaskEstimator, cyclic_shift and random_shift_offsets live in cfaug.models.mnist_cgn; re-exported here.
 __all__ = [
     "MASK_CLAMP",
     "MaskEstimator",
@@ -53,8 +54,6 @@ __all__ = [
     "random_shift_offsets",
 ]
 
-#: The shape mechanism's output is clamped to [MASK_CLAMP, 1 - MASK_CLAMP], as in the authors' code.
-MASK_CLAMP = 1e-4
 
 # Per-sample random streams (see cfaug.seeding). They are part of the output format: changing a number changes
 # every image generated from a given seed, so never renumber them.
@@ -69,351 +68,7 @@ BACKGROUND_SHIFT_STREAM = 4
 #: the best at 2 threads (fewer thread barriers than smaller chunks) and as good as any at 1 thread.
 CPU_MICRO_BATCH = 64
 
-_LEAKY_SLOPE = 0.2
 _INIT_TYPES = ("orthogonal", "normal", "xavier", "kaiming", "default")
-
-
-# ------------------------------------------------------------------------------------------ architecture
-class _Reshape(nn.Module):
-    """Reshape ``(B, channels * size * size)`` features to ``(B, channels, size, size)`` maps."""
-
-    def __init__(self, channels: int, size: int):
-        super().__init__()
-        self.channels = channels
-        self.size = size
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features.view(features.shape[0], self.channels, self.size, self.size)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, size={self.size}"
-
-
-def _upsample_block(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [
-        nn.Upsample(scale_factor=2, mode="nearest"),
-        nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.LeakyReLU(_LEAKY_SLOPE),
-    ]
-
-
-def _shape_net(in_features: int, ngf: int, init_size: int) -> nn.Sequential:
-    # Layer indices are those of the authors' checkpoints (f_shape.0, .4, .5, .9, .10); keep the order.
-    return nn.Sequential(
-        nn.Linear(in_features, 2 * ngf * init_size**2),
-        _Reshape(2 * ngf, init_size),
-        nn.InstanceNorm2d(2 * ngf),
-        *_upsample_block(2 * ngf, ngf),
-        nn.InstanceNorm2d(ngf),
-        *_upsample_block(ngf, 1),
-        nn.InstanceNorm2d(1),
-    )
-
-
-def _texture_net(in_features: int, ngf: int, init_size: int, channels: int) -> nn.Sequential:
-    # Layer indices are those of the authors' checkpoints (f_text1.0, .3, .4, .7, .8, .10, .11); keep the order.
-    return nn.Sequential(
-        nn.Linear(in_features, 2 * ngf * init_size**2),
-        _Reshape(2 * ngf, init_size),
-        *_upsample_block(2 * ngf, 2 * ngf),
-        *_upsample_block(2 * ngf, ngf),
-        nn.Conv2d(ngf, channels, 3, stride=1, padding=1),
-        nn.BatchNorm2d(channels),
-        nn.Tanh(),
-    )
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    ]
-
-
-class MaskEstimator(nn.Module):
-    """A small U-Net that segments the object of a real image: ``(B, 3, S, S)`` in [-1, 1] -> mask logits.
-
-    Two pooling levels with skip connections; about 130k parameters at ``width=16``. ``S`` must be divisible by 4.
-
-    Args:
-        width: channels of the first level; the deeper levels use 2x and 4x as many.
-    """
-
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.enc1 = nn.Sequential(*_conv_bn_relu(3, width), *_conv_bn_relu(width, width))
-        self.enc2 = nn.Sequential(*_conv_bn_relu(width, 2 * width), *_conv_bn_relu(2 * width, 2 * width))
-        self.bottleneck = nn.Sequential(*_conv_bn_relu(2 * width, 4 * width), *_conv_bn_relu(4 * width, 4 * width))
-        self.up2 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(4 * width, 2 * width, 3, 1, 1))
-        self.dec2 = nn.Sequential(*_conv_bn_relu(4 * width, 2 * width), *_conv_bn_relu(2 * width, 2 * width))
-        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(2 * width, width, 3, 1, 1))
-        self.dec1 = nn.Sequential(*_conv_bn_relu(2 * width, width), *_conv_bn_relu(width, width))
-        self.head = nn.Conv2d(width, 1, 1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Mask logits, ``(B, 1, S, S)``, of images in [-1, 1], ``(B, 3, S, S)``."""
-        skip1 = self.enc1(images)
-        skip2 = self.enc2(F.max_pool2d(skip1, 2))
-        deep = self.bottleneck(F.max_pool2d(skip2, 2))
-        up = self.dec2(torch.cat([self.up2(deep), skip2], dim=1))
-        up = self.dec1(torch.cat([self.up1(up), skip1], dim=1))
-        return self.head(up)
-
-
-# -------------------------------------------------------------------------------------------- shuffler
-def cyclic_shift(images: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """The authors' texture "shuffler": tile each image 2x2 and crop an ``H x W`` window at per-sample offsets.
-
-    Tiling and cropping is a cyclic translation, so it is computed as one gather:
-    ``out[b, :, i, j] = images[b, :, (i + dy_b) % H, (j + dx_b) % W]``. It is differentiable in ``images``.
-
-    Args:
-        images: ``(B, C, H, W)``.
-        offsets: integer ``(B, 2)`` row and column offsets ``(dy, dx)``; the authors draw each uniformly from
-            ``0..H`` (inclusive, so offset 0 is twice as likely as the others, because ``H`` wraps to 0).
-
-    Returns:
-        The shifted images, ``(B, C, H, W)``.
-
-    Raises:
-        TypeError: ``offsets`` is not an integer tensor.
-        ValueError: the shapes do not match.
-
-    Examples:
-        >>> x = torch.arange(4.0).view(1, 1, 1, 4)
-        >>> cyclic_shift(x, torch.tensor([[0, 1]]))
-        tensor([[[[1., 2., 3., 0.]]]])
-    """
-    if images.dim() != 4:
-        raise ValueError(f"`images` should be a (B, C, H, W) tensor, but got shape {tuple(images.shape)}.")
-    if not isinstance(offsets, torch.Tensor) or offsets.dtype.is_floating_point or offsets.dtype == torch.bool:
-        got = offsets.dtype if isinstance(offsets, torch.Tensor) else type(offsets).__name__
-        raise TypeError(f"`offsets` should be an integer tensor, but got {got}.")
-    batch, channels, height, width = images.shape
-    if offsets.shape != (batch, 2):
-        raise ValueError(f"`offsets` should have shape ({batch}, 2), but got {tuple(offsets.shape)}.")
-    offsets = offsets.to(device=images.device, dtype=torch.int64)
-    rows = (torch.arange(height, device=images.device) + offsets[:, :1]) % height
-    cols = (torch.arange(width, device=images.device) + offsets[:, 1:]) % width
-    index = (rows[:, :, None] * width + cols[:, None, :]).view(batch, 1, height * width)
-    flat = images.reshape(batch, channels, height * width)
-    return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
-
-
-def random_shift_offsets(
-    batch_size: int,
-    image_size: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Offsets for ``cyclic_shift`` drawn as the authors do during training: uniform in ``0..image_size``.
-
-    Args:
-        batch_size: number of rows.
-        image_size: side of the texture maps.
-        generator: RNG to draw from; the global torch RNG when ``None``.
-        device: where to put the result.
-
-    Returns:
-        int64 ``(batch_size, 2)`` offsets ``(dy, dx)``.
-    """
-    offsets = torch.randint(0, image_size + 1, (batch_size, 2), generator=generator)
-    return offsets.to(device) if device is not None else offsets
-
-
-# ------------------------------------------------------------------------------------------- fast path
-# The fused networks run in channels-last layout: oneDNN's 2x2 convolutions are about twice as fast in it on the
-# CPU (benchmarks/generation.py), and it is the preferred layout of tensor cores on GPUs.
-_FAST_LAYOUT = torch.channels_last
-
-
-def _fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias of the convolution that equals ``norm(conv(x))`` with ``norm`` in eval mode."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    bias = norm.bias - norm.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return weight, bias
-
-
-def _phase_taps(read_offset: Callable[[int, int], tuple[int, int]]) -> torch.Tensor:
-    """``taps[p, a, u, k] = 1`` when tap ``k`` (of 3) of output phase ``p`` reads input phase ``a`` at offset ``u``.
-
-    Everything below works on the *phase representation* of a map at twice the resolution of its ``H x W``
-    source: four ``(H + 1) x (W + 1)`` maps, one per (row parity, column parity), where the value of high-res
-    pixel ``(2i + a, 2j + b)`` sits at ``(i + a, j + b)`` of phase ``(a, b)`` (the first row or column of an odd
-    phase and the last of an even one lie outside the image). ``read_offset(p, k)`` gives the phase and offset
-    that tap ``k`` of output phase ``p`` reads along one axis.
-    """
-    taps = torch.zeros(2, 2, 2, 3)
-    for phase in range(2):
-        for tap in range(3):
-            source_phase, offset = read_offset(phase, tap)
-            taps[phase, source_phase, offset, tap] = 1.0
-    return taps
-
-
-# Nearest x2 upsampling then a 3x3 convolution: output row 2i + p reads upsampled rows 2i + p - 1 .. 2i + p + 1,
-# i.e. source rows (i - 1, i, i) for p = 0 and (i, i, i + 1) for p = 1; as offsets into the source zero-padded by
-# one, that is (0, 1, 1) and (1, 1, 2), minus p for the phase representation. There is a single source "phase".
-_UPSAMPLE_TAPS = _phase_taps(lambda p, k: (0, (p + k + 1) // 2 - p))[:, :1]
-# A 3x3 convolution of a map held in phase representation, producing its output in phase representation (without
-# the +1 offset): output row 2i + p reads high-res row R = 2i + p + k - 1, found in phase R % 2 at offset
-# ceil(R / 2) - i = (p + k) // 2.
-_PHASE_CONV_TAPS = _phase_taps(lambda p, k: ((p + k + 1) % 2, (p + k) // 2))
-
-
-def _phase_kernel(weight: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Rewrite a 3x3 kernel ``(out, in, 3, 3)`` as the 2x2 kernel of all output phases, ``(4 * out, n * in, 2, 2)``.
-
-    Output channels are ordered (row phase, column phase, out), input channels (row phase, column phase, in).
-    """
-    taps = taps.to(weight)
-    kernel = torch.einsum("pauk,qbvl,oikl->pqoabiuv", taps, taps, weight)
-    out_channels, in_channels = weight.shape[:2]
-    return kernel.reshape(4 * out_channels, taps.shape[1] ** 2 * in_channels, 2, 2).contiguous(
-        memory_format=_FAST_LAYOUT
-    )
-
-
-def _phase_view(phases: torch.Tensor, channels: int) -> torch.Tensor:
-    """View ``(B, 4 * C, H + 1, W + 1)`` phase maps as ``(B, row phase, column phase, C, H + 1, W + 1)``."""
-    return phases.unflatten(1, (2, 2, channels))
-
-
-class _FusedUpsampleConv:
-    """Nearest x2 upsampling, a 3x3 convolution (padding 1) and an eval BatchNorm as one 2x2 convolution.
-
-    Each output phase (even/odd row, even/odd column) is a 2x2 convolution of the low-resolution input whose
-    kernel sums the 3x3 taps that see the same input pixel, so one convolution with padding 1 computes the phase
-    representation of the output. This skips the upsampled copy of the input and does 16 instead of 36
-    multiply-adds per input pixel and channel pair.
-    """
-
-    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d):
-        weight, bias = _fold_batch_norm(conv, norm)
-        self.out_channels = weight.shape[0]
-        self.weight = _phase_kernel(weight, _UPSAMPLE_TAPS)
-        self.bias = bias.repeat(4).contiguous()
-
-    def phases(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The output in phase representation, ``(B, 4 * C_out, H + 1, W + 1)``."""
-        return F.conv2d(inputs, self.weight, self.bias, padding=1)
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The output at twice the resolution, ``(B, C_out, 2H, 2W)``, channels-last."""
-        return _interleave(self.phases(inputs), self.out_channels)
-
-
-def _interleave(phases: torch.Tensor, channels: int) -> torch.Tensor:
-    """Phase representation ``(B, 4 * C, H + 1, W + 1)`` -> the high-res map ``(B, C, 2H, 2W)``, channels-last."""
-    batch, _, height, width = phases.shape
-    height, width = height - 1, width - 1
-    s_batch, s_channel, s_y, s_x = phases.stride()
-    # Pixel (2i + a, 2j + b), channel c, is phases[:, (a, b, c), i + a, j + b]: a strided view with dimensions
-    # (B, i, a, j, b, C) reads them in channels-last order, and one copy writes the interleaved map.
-    view = phases.as_strided(
-        (batch, height, 2, width, 2, channels),
-        (s_batch, s_y, 2 * channels * s_channel + s_y, s_x, channels * s_channel + s_x, s_channel),
-        phases.storage_offset(),
-    )
-    return view.reshape(batch, 2 * height, 2 * width, channels).permute(0, 3, 1, 2)
-
-
-class _FusedPhaseConv:
-    """A 3x3 convolution (padding 1) with an eval BatchNorm, applied to a map held in phase representation.
-
-    Returns its output in phase representation without the offset, ``(B, 4 * C_out, H, W)``, so the high-res
-    input is never interleaved. It costs more multiply-adds than the plain convolution but runs much faster for
-    few output channels, where the plain convolution is bound by reading its input.
-    """
-
-    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d, scale: float = 1.0):
-        weight, bias = _fold_batch_norm(conv, norm)
-        self.in_channels = weight.shape[1]
-        self.out_channels = weight.shape[0]
-        self.weight = _phase_kernel(scale * weight, _PHASE_CONV_TAPS)
-        self.bias = (scale * bias).repeat(4).contiguous()
-
-    def __call__(self, phases: torch.Tensor) -> torch.Tensor:
-        """``phases``: ``(B, 4 * C_in, H + 1, W + 1)``; modified in place (its out-of-image border is zeroed)."""
-        height, width = phases.shape[-2] - 1, phases.shape[-1] - 1
-        view = _phase_view(phases, self.in_channels)
-        # The entries outside the image play the role of the convolution's zero padding.
-        view[:, 1, :, :, 0, :] = 0
-        view[:, 0, :, :, height, :] = 0
-        view[:, :, 1, :, :, 0] = 0
-        view[:, :, 0, :, :, width] = 0
-        return F.conv2d(phases, self.weight, self.bias)
-
-
-def _shifted_from_phases(phases: torch.Tensor, channels: int, offsets: torch.Tensor) -> torch.Tensor:
-    """Interleave ``(B, 4 * C, H, W)`` output phases and apply ``cyclic_shift`` in one gather.
-
-    Returns:
-        ``(B, C, 2H, 2W)``, contiguous.
-    """
-    batch, _, height, width = phases.shape
-    device = phases.device
-    rows = (torch.arange(2 * height, device=device) + offsets[:, :1]) % (2 * height)
-    cols = (torch.arange(2 * width, device=device) + offsets[:, 1:]) % (2 * width)
-    # Flat position of (row, col, phase (row % 2, col % 2), channel 0) in channels-last memory (B, H, W, 4 * C).
-    pixel = (rows // 2)[:, :, None] * width + (cols // 2)[:, None, :]
-    phase = (rows % 2)[:, :, None] * 2 + (cols % 2)[:, None, :]
-    position = pixel * (4 * channels) + phase * channels
-    index = position[:, None] + torch.arange(channels, device=device).view(1, -1, 1, 1)
-    flat = phases.permute(0, 2, 3, 1).reshape(batch, -1)
-    return flat.gather(1, index.reshape(batch, -1)).view(batch, channels, 2 * height, 2 * width)
-
-
-class _FusedLinear:
-    """``Linear(concat(u, label_emb(y)))`` as ``u @ W_u^T + table[y]``, the class part precomputed per class."""
-
-    def __init__(self, linear: nn.Linear, embedding: nn.Embedding, latent_dim: int, reshape: _Reshape):
-        self.latent_weight_t = linear.weight[:, :latent_dim].t().contiguous()
-        self.class_table = torch.addmm(linear.bias, embedding.weight, linear.weight[:, latent_dim:].t())
-        self.map_shape = (reshape.channels, reshape.size, reshape.size)
-
-    def __call__(self, latent: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        features = torch.addmm(self.class_table[classes], latent, self.latent_weight_t)
-        return features.view(len(features), *self.map_shape).contiguous(memory_format=_FAST_LAYOUT)
-
-
-class _FusedShapeNet:
-    """``clamp(f_shape(concat(u, emb(y))))`` from fused eval-mode weights."""
-
-    def __init__(self, net: nn.Sequential, embedding: nn.Embedding, latent_dim: int):
-        self.linear = _FusedLinear(net[0], embedding, latent_dim, net[1])
-        self.norm_eps = (net[2].eps, net[7].eps, net[12].eps)
-        self.up1 = _FusedUpsampleConv(net[4], net[5])
-        self.up2 = _FusedUpsampleConv(net[9], net[10])
-
-    def __call__(self, latent: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        maps = F.instance_norm(self.linear(latent, classes), eps=self.norm_eps[0])
-        maps = F.instance_norm(F.leaky_relu_(self.up1(maps), _LEAKY_SLOPE), eps=self.norm_eps[1])
-        maps = F.instance_norm(F.leaky_relu_(self.up2(maps), _LEAKY_SLOPE), eps=self.norm_eps[2])
-        # One channel: channels-last and contiguous are the same memory, contiguous() only fixes the strides.
-        return maps.clamp_(MASK_CLAMP, 1 - MASK_CLAMP).contiguous()
-
-
-class _FusedTextureNet:
-    """``cyclic_shift((f_text(concat(u, emb(y))) + 1) / 2)`` from fused eval-mode weights."""
-
-    def __init__(self, net: nn.Sequential, embedding: nn.Embedding, latent_dim: int):
-        self.linear = _FusedLinear(net[0], embedding, latent_dim, net[1])
-        self.up1 = _FusedUpsampleConv(net[3], net[4])
-        self.up2 = _FusedUpsampleConv(net[7], net[8])
-        # (tanh(z) + 1) / 2 == sigmoid(2 z): fold the factor 2 into the last convolution, skip the affine map.
-        self.out = _FusedPhaseConv(net[10], net[11], scale=2.0)
-
-    def __call__(self, latent: torch.Tensor, classes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        maps = F.leaky_relu_(self.up1(self.linear(latent, classes)), _LEAKY_SLOPE)
-        phases = F.leaky_relu_(self.up2.phases(maps), _LEAKY_SLOPE)
-        texture_phases = torch.sigmoid_(self.out(phases))
-        return _shifted_from_phases(texture_phases, self.out.out_channels, offsets)
 
 
 # --------------------------------------------------------------------------------------------- backend
@@ -508,9 +163,9 @@ class MnistBackend(Backend):
         init_size = image_size // 4
         in_features = latent_dim + num_classes
         self.label_emb = nn.Embedding(num_classes, num_classes)
-        self.f_shape = _shape_net(in_features, ngf, init_size)
-        self.f_text1 = _texture_net(in_features, ngf, init_size, self.channels)
-        self.f_text2 = _texture_net(in_features, ngf, init_size, self.channels)
+        self.f_shape = shape_net(in_features, ngf, init_size)
+        self.f_text1 = texture_net(in_features, ngf, init_size, self.channels)
+        self.f_text2 = texture_net(in_features, ngf, init_size, self.channels)
         self.mask_net: MaskEstimator | None = None
         if mask_estimator:
             self.mask_net = MaskEstimator(mask_estimator_width)
@@ -721,9 +376,9 @@ class MnistBackend(Backend):
         if self._fused is None or self._fused[0] != key:
             with torch.no_grad():
                 networks = {
-                    "shape": _FusedShapeNet(self.f_shape, self.label_emb, self.latent_dim),
-                    "texture": _FusedTextureNet(self.f_text1, self.label_emb, self.latent_dim),
-                    "background": _FusedTextureNet(self.f_text2, self.label_emb, self.latent_dim),
+                    "shape": FusedShapeNet(self.f_shape, self.label_emb, self.latent_dim),
+                    "texture": FusedTextureNet(self.f_text1, self.label_emb, self.latent_dim),
+                    "background": FusedTextureNet(self.f_text2, self.label_emb, self.latent_dim),
                 }
             self._fused = (key, networks)
         return self._fused[1]

@@ -1,7 +1,34 @@
-"""Networks that cfaug uses as building blocks (not backends): the frozen U2-Net mask network of the ImageNet CGN."""
+"""Every network cfaug builds, apart from the backends that wrap them (``cfaug.backends`` are adapters).
+
+* ``cfaug.models.mnist_cgn``: the MNIST CGN mechanisms (shape, texture, background), the shuffler and the
+  ``MaskEstimator``; ``cfaug.models.mnist_cgn_fused``: their fused, no-autograd inference copy;
+* ``cfaug.models.biggan``: BigGAN-deep configs, build, load and save (the ImageNet CGN's mechanisms); it needs
+  the ``imagenet`` extra to run, so its names stay in that module rather than here;
+* ``cfaug.models.u2net``: the frozen U2-Net mask network of the ImageNet CGN;
+* ``cfaug.models.classifiers``: the classifiers of the evaluations.
+
+This package imports nothing from ``cfaug.backends``, ``cfaug.training``, ``cfaug.evaluation`` or
+``cfaug.datasets``.
+"""
 
 from __future__ import annotations
 
+from cfaug.models.mnist_cgn import MASK_CLAMP, MaskEstimator, cyclic_shift, random_shift_offsets, shape_net, texture_net
+from cfaug.models.mnist_cgn_fused import FusedShapeNet, FusedTextureNet
 from cfaug.models.u2net import U2NET_VARIANTS, U2NET_WEIGHTS, U2Net, build_u2net, convert_u2netp_onnx
 
-__all__ = ["U2NET_VARIANTS", "U2NET_WEIGHTS", "U2Net", "build_u2net", "convert_u2netp_onnx"]
+__all__ = [
+    "MASK_CLAMP",
+    "U2NET_VARIANTS",
+    "U2NET_WEIGHTS",
+    "FusedShapeNet",
+    "FusedTextureNet",
+    "MaskEstimator",
+    "U2Net",
+    "build_u2net",
+    "convert_u2netp_onnx",
+    "cyclic_shift",
+    "random_shift_offsets",
+    "shape_net",
+    "texture_net",
+]

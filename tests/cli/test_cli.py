@@ -108,7 +108,7 @@ def test_console_script_is_installed(tmp_path):
 
 def test_readme_example_runs(tmp_path):
     """The README's ten lines run as printed, on the mnist backend's shipped default weights (no network)."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme[readme.index("## Ten lines") :]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     script = tmp_path / "readme_example.py"

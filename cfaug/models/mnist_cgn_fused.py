@@ -1,0 +1,213 @@
+"""The fused, no-autograd inference copy of the MNIST CGN networks (``cfaug.models.mnist_cgn``).
+
+It gives the same images up to float rounding at several times the speed: BatchNorm folded into the convolutions;
+"nearest x2 upsampling then 3x3 conv" rewritten as one 2x2 convolution of the low-resolution input that yields the
+four output phases; the last texture convolution applied to those phases directly, with the de-interleaving merged
+into the shuffler's gather; channels-last layout. The networks are read once, at construction: rebuild the fused
+copy whenever a weight changes (``cfaug.backends.mnist.MnistBackend`` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cfaug.models.mnist_cgn import _LEAKY_SLOPE, MASK_CLAMP, _Reshape
+
+__all__ = ["FusedShapeNet", "FusedTextureNet"]
+
+# The fused networks run in channels-last layout: oneDNN's 2x2 convolutions are about twice as fast in it on the
+# CPU (benchmarks/generation.py), and it is the preferred layout of tensor cores on GPUs.
+_FAST_LAYOUT = torch.channels_last
+
+
+def _fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of the convolution that equals ``norm(conv(x))`` with ``norm`` in eval mode."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return weight, bias
+
+
+def _phase_taps(read_offset: Callable[[int, int], tuple[int, int]]) -> torch.Tensor:
+    """``taps[p, a, u, k] = 1`` when tap ``k`` (of 3) of output phase ``p`` reads input phase ``a`` at offset ``u``.
+
+    Everything below works on the *phase representation* of a map at twice the resolution of its ``H x W``
+    source: four ``(H + 1) x (W + 1)`` maps, one per (row parity, column parity), where the value of high-res
+    pixel ``(2i + a, 2j + b)`` sits at ``(i + a, j + b)`` of phase ``(a, b)`` (the first row or column of an odd
+    phase and the last of an even one lie outside the image). ``read_offset(p, k)`` gives the phase and offset
+    that tap ``k`` of output phase ``p`` reads along one axis.
+    """
+    taps = torch.zeros(2, 2, 2, 3)
+    for phase in range(2):
+        for tap in range(3):
+            source_phase, offset = read_offset(phase, tap)
+            taps[phase, source_phase, offset, tap] = 1.0
+    return taps
+
+
+# Nearest x2 upsampling then a 3x3 convolution: output row 2i + p reads upsampled rows 2i + p - 1 .. 2i + p + 1,
+# i.e. source rows (i - 1, i, i) for p = 0 and (i, i, i + 1) for p = 1; as offsets into the source zero-padded by
+# one, that is (0, 1, 1) and (1, 1, 2), minus p for the phase representation. There is a single source "phase".
+_UPSAMPLE_TAPS = _phase_taps(lambda p, k: (0, (p + k + 1) // 2 - p))[:, :1]
+# A 3x3 convolution of a map held in phase representation, producing its output in phase representation (without
+# the +1 offset): output row 2i + p reads high-res row R = 2i + p + k - 1, found in phase R % 2 at offset
+# ceil(R / 2) - i = (p + k) // 2.
+_PHASE_CONV_TAPS = _phase_taps(lambda p, k: ((p + k + 1) % 2, (p + k) // 2))
+
+
+def _phase_kernel(weight: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Rewrite a 3x3 kernel ``(out, in, 3, 3)`` as the 2x2 kernel of all output phases, ``(4 * out, n * in, 2, 2)``.
+
+    Output channels are ordered (row phase, column phase, out), input channels (row phase, column phase, in).
+    """
+    taps = taps.to(weight)
+    kernel = torch.einsum("pauk,qbvl,oikl->pqoabiuv", taps, taps, weight)
+    out_channels, in_channels = weight.shape[:2]
+    return kernel.reshape(4 * out_channels, taps.shape[1] ** 2 * in_channels, 2, 2).contiguous(
+        memory_format=_FAST_LAYOUT
+    )
+
+
+def _phase_view(phases: torch.Tensor, channels: int) -> torch.Tensor:
+    """View ``(B, 4 * C, H + 1, W + 1)`` phase maps as ``(B, row phase, column phase, C, H + 1, W + 1)``."""
+    return phases.unflatten(1, (2, 2, channels))
+
+
+class _FusedUpsampleConv:
+    """Nearest x2 upsampling, a 3x3 convolution (padding 1) and an eval BatchNorm as one 2x2 convolution.
+
+    Each output phase (even/odd row, even/odd column) is a 2x2 convolution of the low-resolution input whose
+    kernel sums the 3x3 taps that see the same input pixel, so one convolution with padding 1 computes the phase
+    representation of the output. This skips the upsampled copy of the input and does 16 instead of 36
+    multiply-adds per input pixel and channel pair.
+    """
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d):
+        weight, bias = _fold_batch_norm(conv, norm)
+        self.out_channels = weight.shape[0]
+        self.weight = _phase_kernel(weight, _UPSAMPLE_TAPS)
+        self.bias = bias.repeat(4).contiguous()
+
+    def phases(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The output in phase representation, ``(B, 4 * C_out, H + 1, W + 1)``."""
+        return F.conv2d(inputs, self.weight, self.bias, padding=1)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The output at twice the resolution, ``(B, C_out, 2H, 2W)``, channels-last."""
+        return _interleave(self.phases(inputs), self.out_channels)
+
+
+def _interleave(phases: torch.Tensor, channels: int) -> torch.Tensor:
+    """Phase representation ``(B, 4 * C, H + 1, W + 1)`` -> the high-res map ``(B, C, 2H, 2W)``, channels-last."""
+    batch, _, height, width = phases.shape
+    height, width = height - 1, width - 1
+    s_batch, s_channel, s_y, s_x = phases.stride()
+    # Pixel (2i + a, 2j + b), channel c, is phases[:, (a, b, c), i + a, j + b]: a strided view with dimensions
+    # (B, i, a, j, b, C) reads them in channels-last order, and one copy writes the interleaved map.
+    view = phases.as_strided(
+        (batch, height, 2, width, 2, channels),
+        (s_batch, s_y, 2 * channels * s_channel + s_y, s_x, channels * s_channel + s_x, s_channel),
+        phases.storage_offset(),
+    )
+    return view.reshape(batch, 2 * height, 2 * width, channels).permute(0, 3, 1, 2)
+
+
+class _FusedPhaseConv:
+    """A 3x3 convolution (padding 1) with an eval BatchNorm, applied to a map held in phase representation.
+
+    Returns its output in phase representation without the offset, ``(B, 4 * C_out, H, W)``, so the high-res
+    input is never interleaved. It costs more multiply-adds than the plain convolution but runs much faster for
+    few output channels, where the plain convolution is bound by reading its input.
+    """
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d, scale: float = 1.0):
+        weight, bias = _fold_batch_norm(conv, norm)
+        self.in_channels = weight.shape[1]
+        self.out_channels = weight.shape[0]
+        self.weight = _phase_kernel(scale * weight, _PHASE_CONV_TAPS)
+        self.bias = (scale * bias).repeat(4).contiguous()
+
+    def __call__(self, phases: torch.Tensor) -> torch.Tensor:
+        """``phases``: ``(B, 4 * C_in, H + 1, W + 1)``; modified in place (its out-of-image border is zeroed)."""
+        height, width = phases.shape[-2] - 1, phases.shape[-1] - 1
+        view = _phase_view(phases, self.in_channels)
+        # The entries outside the image play the role of the convolution's zero padding.
+        view[:, 1, :, :, 0, :] = 0
+        view[:, 0, :, :, height, :] = 0
+        view[:, :, 1, :, :, 0] = 0
+        view[:, :, 0, :, :, width] = 0
+        return F.conv2d(phases, self.weight, self.bias)
+
+
+def _shifted_from_phases(phases: torch.Tensor, channels: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Interleave ``(B, 4 * C, H, W)`` output phases and apply ``cyclic_shift`` in one gather.
+
+    Returns:
+        ``(B, C, 2H, 2W)``, contiguous.
+    """
+    batch, _, height, width = phases.shape
+    device = phases.device
+    rows = (torch.arange(2 * height, device=device) + offsets[:, :1]) % (2 * height)
+    cols = (torch.arange(2 * width, device=device) + offsets[:, 1:]) % (2 * width)
+    # Flat position of (row, col, phase (row % 2, col % 2), channel 0) in channels-last memory (B, H, W, 4 * C).
+    pixel = (rows // 2)[:, :, None] * width + (cols // 2)[:, None, :]
+    phase = (rows % 2)[:, :, None] * 2 + (cols % 2)[:, None, :]
+    position = pixel * (4 * channels) + phase * channels
+    index = position[:, None] + torch.arange(channels, device=device).view(1, -1, 1, 1)
+    flat = phases.permute(0, 2, 3, 1).reshape(batch, -1)
+    return flat.gather(1, index.reshape(batch, -1)).view(batch, channels, 2 * height, 2 * width)
+
+
+class _FusedLinear:
+    """``Linear(concat(u, label_emb(y)))`` as ``u @ W_u^T + table[y]``, the class part precomputed per class."""
+
+    def __init__(self, linear: nn.Linear, embedding: nn.Embedding, latent_dim: int, reshape: _Reshape):
+        self.latent_weight_t = linear.weight[:, :latent_dim].t().contiguous()
+        self.class_table = torch.addmm(linear.bias, embedding.weight, linear.weight[:, latent_dim:].t())
+        self.map_shape = (reshape.channels, reshape.size, reshape.size)
+
+    def __call__(self, latent: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        features = torch.addmm(self.class_table[classes], latent, self.latent_weight_t)
+        return features.view(len(features), *self.map_shape).contiguous(memory_format=_FAST_LAYOUT)
+
+
+class FusedShapeNet:
+    """``clamp(f_shape(concat(u, emb(y))))`` from fused eval-mode weights."""
+
+    def __init__(self, net: nn.Sequential, embedding: nn.Embedding, latent_dim: int):
+        self.linear = _FusedLinear(net[0], embedding, latent_dim, net[1])
+        self.norm_eps = (net[2].eps, net[7].eps, net[12].eps)
+        self.up1 = _FusedUpsampleConv(net[4], net[5])
+        self.up2 = _FusedUpsampleConv(net[9], net[10])
+
+    def __call__(self, latent: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Clamped shape maps ``(B, 1, S, S)`` of noise ``(B, latent_dim)`` and int64 classes ``(B,)``."""
+        maps = F.instance_norm(self.linear(latent, classes), eps=self.norm_eps[0])
+        maps = F.instance_norm(F.leaky_relu_(self.up1(maps), _LEAKY_SLOPE), eps=self.norm_eps[1])
+        maps = F.instance_norm(F.leaky_relu_(self.up2(maps), _LEAKY_SLOPE), eps=self.norm_eps[2])
+        # One channel: channels-last and contiguous are the same memory, contiguous() only fixes the strides.
+        return maps.clamp_(MASK_CLAMP, 1 - MASK_CLAMP).contiguous()
+
+
+class FusedTextureNet:
+    """``cyclic_shift((f_text(concat(u, emb(y))) + 1) / 2)`` from fused eval-mode weights."""
+
+    def __init__(self, net: nn.Sequential, embedding: nn.Embedding, latent_dim: int):
+        self.linear = _FusedLinear(net[0], embedding, latent_dim, net[1])
+        self.up1 = _FusedUpsampleConv(net[3], net[4])
+        self.up2 = _FusedUpsampleConv(net[7], net[8])
+        # (tanh(z) + 1) / 2 == sigmoid(2 z): fold the factor 2 into the last convolution, skip the affine map.
+        self.out = _FusedPhaseConv(net[10], net[11], scale=2.0)
+
+    def __call__(self, latent: torch.Tensor, classes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Shuffled textures in [0, 1], ``(B, C, S, S)``, of noise, int64 classes and ``(B, 2)`` shift offsets."""
+        maps = F.leaky_relu_(self.up1(self.linear(latent, classes)), _LEAKY_SLOPE)
+        phases = F.leaky_relu_(self.up2.phases(maps), _LEAKY_SLOPE)
+        texture_phases = torch.sigmoid_(self.out(phases))
+        return _shifted_from_phases(texture_phases, self.out.out_channels, offsets)
