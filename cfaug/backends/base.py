@@ -26,12 +26,10 @@ from torch import nn
 from cfaug.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from cfaug.functional import composite
 from cfaug.hub import Weights, WeightsError, resolve_weights
+from cfaug.names import MECHANISMS
 from cfaug.seeding import draw_seeds
 
 __all__ = ["MECHANISMS", "Backend", "Components"]
-
-#: The mechanisms a backend provides, in the order of ``(shape, texture, background)`` class triples.
-MECHANISMS: tuple[str, ...] = ("shape", "texture", "background")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from cfaug._utils import atomic_write, check_positive_int
-from cfaug.datasets.mnist_variants import VARIANTS
 from cfaug.evaluation.imagenet import (
     BACKGROUND_VARIANTS,
     DEFAULT_BACKGROUND_VARIANTS,
@@ -29,6 +28,7 @@ from cfaug.evaluation.imagenet import (
 )
 from cfaug.evaluation.table2 import SETTINGS, format_table2, run_table2
 from cfaug.models.classifiers import OUTPUTS
+from cfaug.names import VARIANTS
 
 __all__ = [
     "add_evaluate_imagenet_arguments",

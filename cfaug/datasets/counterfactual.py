@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import VisionDataset
 
 from cfaug._utils import check_positive_int, check_probability, sha256_file, verify_str_arg
-from cfaug.backends.base import MECHANISMS, Backend, Components
+from cfaug.backends.base import Backend, Components
 from cfaug.datasets.store import (
     _LABELS,
     _MANIFEST,
@@ -49,6 +49,7 @@ from cfaug.datasets.store import (
     finalize,
     write_range,
 )
+from cfaug.names import VARYING_MECHANISMS
 from cfaug.registry import get_backend_class
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.version import __version__
@@ -68,7 +69,6 @@ __all__ = [
 
 #: Mechanisms that can get a class of their own (all but the shape, which is the label); the others take the
 #: shape class. The one definition of this idea: ``cfaug.transforms`` checks its ``vary`` with ``check_vary`` too.
-VARYING_MECHANISMS: tuple[str, ...] = tuple(m for m in MECHANISMS if m != "shape")
 #: ``"shape"``: the target is the shape class; ``"all"``: the ``(shape, texture, background)`` classes.
 TARGETS: tuple[str, ...] = ("shape", "all")
 

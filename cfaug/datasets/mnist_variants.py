@@ -50,6 +50,7 @@ from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.base import Components
 from cfaug.datasets.textures import NUM_TEXTURE_CLASSES, load_texture_folder, procedural_textures
 from cfaug.functional import composite
+from cfaug.names import VARIANTS
 from cfaug.seeding import mix_seed
 
 __all__ = [
@@ -64,10 +65,6 @@ __all__ = [
     "WildlifeMNIST",
     "binarize_digits",
 ]
-
-#: The names of the paper's three biased MNIST variants: the one spelling used by datasets, presets, weights and
-#: evaluation alike.
-VARIANTS: tuple[str, ...] = ("colored_mnist", "double_colored_mnist", "wildlife_mnist")
 
 Color = tuple[str, tuple[int, int, int]]
 

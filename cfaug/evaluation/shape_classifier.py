@@ -30,9 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cfaug._utils import check_positive_int, verify_str_arg
-from cfaug.datasets.mnist_variants import VARIANTS
 from cfaug.evaluation._streams import STREAM_INIT, STREAM_SHUFFLE
 from cfaug.models.classifiers import ShapeClassifier
+from cfaug.names import VARIANTS
 from cfaug.seeding import mix_seed
 
 __all__ = [

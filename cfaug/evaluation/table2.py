@@ -48,7 +48,6 @@ from tqdm.auto import tqdm
 
 from cfaug._utils import atomic_write, check_positive_int, check_probability, verify_str_arg
 from cfaug.backends.base import Backend
-from cfaug.datasets.mnist_variants import VARIANTS
 from cfaug.evaluation._streams import STREAM_ONLINE
 from cfaug.evaluation.counterfactual_sets import (
     GRID_COLUMNS,
@@ -58,6 +57,7 @@ from cfaug.evaluation.counterfactual_sets import (
     real_shape_grid,
 )
 from cfaug.evaluation.shape_classifier import evaluate_classifier, make_datasets, split_tensors, train_shape_classifier
+from cfaug.names import VARIANTS
 from cfaug.seeding import mix_seed
 
 __all__ = ["PAPER_TABLE2", "SETTINGS", "VARIANTS", "format_table2", "merge_table2", "run_table2"]
