@@ -456,7 +456,7 @@ def test_unpickles_in_a_fresh_process_without_registration(tmp_path):
     path.write_bytes(pickle.dumps(CounterfactualAugment("toy", p=1.0, return_record=True)))
     script = (
         "import pickle, sys, torch\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"
         "import cfaug\n"
         "assert 'toy' not in cfaug.list_backends()\n"
         f"augment = pickle.loads(open({str(path)!r}, 'rb').read())\n"
