@@ -27,7 +27,8 @@ from toy_backend import ToyBackend  # noqa: E402
 import cfaug  # noqa: E402
 
 REPO = TESTS.parent
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; CFAUG_SHARED points elsewhere (a git worktree that is not beside it, say).
+SHARED = Path(os.environ.get("CFAUG_SHARED", REPO.parent / "shared"))
 PLUGIN = REPO / "examples" / "plugin_package"
 
 
