@@ -25,7 +25,7 @@ import torch
 
 from cfaug.cli import build_parser
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "imagenet_tiny.py"
 PAGES = [REPO / "docs" / "tutorials" / "imagenet.md", REPO / "docs" / "tutorials" / "distributed.md"]
 TIMEOUT = 300  # seconds; the quick example takes about 15 on a loaded 2-core CPU

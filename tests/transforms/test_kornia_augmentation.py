@@ -8,6 +8,7 @@ import kornia.augmentation as K
 import pytest
 import torch
 from toy_backend import ToyBackend
+from transform_contract import check_transform, kornia_call
 
 from cfaug.functional import composite
 from cfaug.transforms import RandomCounterfactual
@@ -166,3 +167,16 @@ def test_bad_settings(kwargs, error, match):
 def test_bad_inputs(toy, images, labels, error, match):
     with pytest.raises(error, match=match):
         RandomCounterfactual(toy, p=1.0)(images, labels=labels)
+
+
+def test_keeps_the_transform_contract(toy):
+    # keepdim=True: kornia batches a single image otherwise (test_p0_and_keepdim checks that).
+    check_transform(
+        lambda **kwargs: RandomCounterfactual(toy, keepdim=True, **kwargs),
+        kinds=("float32", "float64", "batch_float"),
+        call=kornia_call,
+        same_object_at_p0=False,
+        samples=False,
+        replay=False,
+        generator=False,
+    )

@@ -24,16 +24,15 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import shared_path
+from conftest import PLUGIN, shared_path, write_dist_info
 
 import cfaug
 from cfaug.backends.mnist import MnistBackend
 from cfaug.cli import build_parser
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 DOCS = REPO / "docs"
-PLUGIN = EXAMPLES / "plugin_package"
 TIMEOUT = 300  # seconds; a quick example takes about ten on a loaded 2-core CPU
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)")
@@ -103,22 +102,6 @@ def _is_include(code: str) -> bool:
     return bool(lines) and all(_SNIPPET.search(line) for line in lines)
 
 
-def _write_fake_install(pyproject: Path, site: Path) -> None:
-    """Make the package's entry points visible as an installed distribution would (a ``.dist-info`` folder)."""
-    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
-    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
-    info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
-    groups = project["entry-points"]
-    (info / "entry_points.txt").write_text(
-        "".join(
-            f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in points.items())
-            for group, points in groups.items()
-        )
-    )
-
-
 # ------------------------------------------------------------------------------------------- the examples
 @pytest.fixture
 def mnist_root() -> Path:
@@ -185,7 +168,8 @@ def test_distributed_example_under_torchrun_equals_one_process(tmp_path: Path) -
 @pytest.mark.slow
 def test_plugin_example_is_found_through_its_entry_point(tmp_path: Path) -> None:
     site = tmp_path / "site"
-    _write_fake_install(PLUGIN / "pyproject.toml", site)
+    pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    write_dist_info(PLUGIN / "pyproject.toml", site)
     out = _example("plugin_backend.py", "--out", tmp_path / "grid.png", cwd=tmp_path, extra_path=[site, PLUGIN / "src"])
     # cfaug's own backends (mnist, biggan) and the plugin, found through its entry point.
     assert re.search(r"backends: \[.*'mnist', 'stripes'\]", out)
