@@ -200,7 +200,7 @@ def test_generate_with_two_processes_writes_what_one_process_writes(tmp_path):
 
 @pytest.mark.slow
 def test_generate_under_torchrun(tmp_path):
-    """The real launcher and the installed plugin backend `stripes` (found through its entry point)."""
+    """The real launcher and the plugin backend `stripes` (found through its entry point)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = ["generate", "--backend", "stripes", "--size", "10", "--chunk-size", "4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

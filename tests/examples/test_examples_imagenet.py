@@ -53,8 +53,12 @@ def test_imagenet_tiny_example(tmp_path: Path) -> None:
     stdout = _run([sys.executable, str(EXAMPLE), "--quick", "--out", str(out), "--device", "cpu"], cwd=tmp_path).stdout
 
     assert "backend: 10 classes, 32x32, cpu" in stdout
-    # A 2x2 grid; along a row only texture and background change, so the mask does not move at all.
-    assert "counterfactuals (4, 3, 32, 32); mask change along a row: 0.0e+00" in stdout
+    # A 2x2 grid; along a row only texture and background change, so the mask does not move. It is computed in one
+    # batch with the other samples, and a CPU's batched kernels may round differently per row (6e-08 on an Intel
+    # Xeon, 0 elsewhere): a tolerance, not bit equality.
+    change = re.search(r"counterfactuals \(4, 3, 32, 32\); mask change along a row: (\S+)\n", stdout)
+    assert change is not None, stdout
+    assert float(change.group(1)) < 1e-5
     with Image.open(out / "counterfactuals.png") as grid:
         assert grid.size == (2 * 33 + 1, 2 * 33 + 1)
     assert re.search(r"dataset item 0: \(3, 32, 32\), classes \d/\d/\d\n", stdout)
