@@ -54,27 +54,21 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import io
 import json
-import math
 import os
 import platform
-import signal
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from cfaug._utils import atomic_write, check_positive_int, verify_str_arg
+from cfaug._utils import atomic_write
 from cfaug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cfaug.distributed import (
     all_gather_objects,
@@ -106,7 +100,6 @@ from cfaug.models.classifiers import (
     train_transform,
 )
 from cfaug.seeding import mix_seed
-from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
 from cfaug.training._runs import (
     check_resumable,
     deferred_interrupt,
@@ -116,7 +109,16 @@ from cfaug.training._runs import (
     unflatten_optimizer,
     unprefixed,
 )
-from cfaug.training.config import json_ready
+from cfaug.training.classifier_config import RESUMABLE_CLASSIFIER_FIELDS, ClassifierConfig
+from cfaug.training.classifier_data import (
+    _INIT_STREAM,
+    _EvalItems,
+    _ignore_interrupts,
+    _image_folder,
+    _Schedule,
+    _StepBatches,
+    _TrainItems,
+)
 from cfaug.version import __version__
 
 __all__ = [
@@ -132,274 +134,16 @@ __all__ = [
     "EnsembleClassifier",
     "TinyCNN",
     "WeightsUnavailableError",
-    "add_train_classifier_arguments",
     "build_backbone",
     "build_torchvision_classifier",
-    "config_from_args",
     "eval_transform",
     "list_backbones",
     "load_classifier",
     "load_torchvision_weights",
-    "run_train_classifier",
     "save_classifier",
     "train_classifier",
     "train_transform",
 ]
-
-
-# Streams of the run seed: each kind of randomness has its own, so changing one leaves the others untouched.
-_INIT_STREAM, _REAL_ORDER_STREAM, _CF_ORDER_STREAM, _REAL_AUG_STREAM, _CF_AUG_STREAM = 1, 2, 3, 4, 5
-
-
-def _as_image(image: Any) -> Any:
-    """Tensors from a counterfactual dataset are images; say so, so v2 transforms treat them as such."""
-    if isinstance(image, torch.Tensor):
-        from torchvision import tv_tensors
-
-        return tv_tensors.Image(image)
-    return image
-
-
-def _image_folder(root: str, arg: str) -> Any:
-    from torchvision.datasets import ImageFolder
-
-    path = Path(root).expanduser()
-    layout = f"an ImageFolder: {path}/<class>/<image>.jpg, one sub-folder per class"
-    if not path.is_dir():
-        raise FileNotFoundError(f"`{arg}` folder {str(path)!r} does not exist; it should be {layout}.")
-    try:
-        return ImageFolder(str(path))
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"`{arg}` folder {str(path)!r} is not {layout} ({error}).") from error
-
-
-# ----------------------------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Everything that defines a training run of the invariant ensemble (see the field comments).
-
-    The defaults are the authors' recipe (notes 3.8) apart from the data paths. Build one and change fields with
-    ``dataclasses.replace``.
-
-    Raises:
-        TypeError, ValueError: a field has the wrong type or value (checked at construction).
-    """
-
-    # ---- data
-    real_root: str  # ImageFolder of real training images: <real_root>/<class>/<image>
-    counterfactual_root: str | None = None  # a dataset saved by `cfaug generate`; None: real images only
-    val_root: str | None = None  # ImageFolder of real validation images: top-1/top-5 after each epoch
-    counterfactual_val_root: str | None = None  # a saved counterfactual dataset: each head's accuracy per epoch
-    cf_ratio: float = 1.0  # counterfactual images per real image in a step (the authors' cf_ratio)
-    image_size: int = 224  # side of the random crops (training) and centre crops (validation)
-    # ---- model
-    backbone: str = "resnet50"  # see list_backbones(); "tiny_cnn" for tests and smoke runs
-    backbone_weights: str | None = "IMAGENET1K_V1"  # torchvision weights name, a file path, or None (random init)
-    download: bool = False  # allow downloading named backbone weights that are not in the torch hub cache
-    check_hash: bool = True  # check cached torchvision weights against the digest in their file name
-    frozen_bn: bool = True  # BatchNorm layers of the backbone stay in eval mode (the authors' setting)
-    # ---- optimisation
-    seed: int = 0  # seed of the head initialisation, the data order and every augmentation
-    epochs: int = 45  # passes over the real images
-    batch_size: int = 32  # real images per step, all processes together (the authors: 32 on 1 GPU)
-    lr: float = 1e-3  # SGD learning rate
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4  # SGD weight decay
-    lr_step_epochs: int = 15  # the learning rate is multiplied by lr_gamma every this many epochs
-    lr_gamma: float = 0.1
-    # ---- monitoring and output
-    log_every: int = 100  # steps between stats.jsonl lines
-    checkpoint_every: int = 1000  # steps between checkpoints (one is also written after every epoch)
-    # ---- execution (may change when a run is resumed)
-    device: str = "cpu"  # torch device; "cuda" means each process's own GPU (LOCAL_RANK) under torchrun
-    num_workers: int = 4  # DataLoader workers per process (image decoding and augmentation)
-    num_threads: int | None = None  # torch.set_num_threads for the run; None: leave as is
-    progress: bool = True  # show a progress bar (rank 0)
-
-    def __post_init__(self) -> None:
-        for name in ("real_root", "device", "backbone"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise TypeError(f"`{name}` should be a non-empty str, but got {getattr(self, name)!r}.")
-        for name in ("counterfactual_root", "val_root", "counterfactual_val_root", "backbone_weights"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise TypeError(f"`{name}` should be a non-empty str or None, but got {value!r}.")
-        verify_str_arg(self.backbone, "backbone", list_backbones())
-        for name in ("download", "check_hash", "frozen_bn", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` should be a bool, but got {getattr(self, name)!r}.")
-        for name in ("image_size", "epochs", "batch_size", "lr_step_epochs", "log_every", "checkpoint_every"):
-            check_positive_int(getattr(self, name), name)
-        for name in ("seed", "num_workers"):
-            check_positive_int(getattr(self, name), name, allow_zero=True)
-        if self.num_threads is not None:
-            check_positive_int(self.num_threads, "num_threads")
-        for name, positive in (("lr", True), ("cf_ratio", True), ("lr_gamma", True)):
-            _check_number(getattr(self, name), name, positive=positive)
-        for name in ("momentum", "weight_decay"):
-            _check_number(getattr(self, name), name, positive=False)
-
-    @property
-    def cf_batch_size(self) -> int:
-        """Counterfactual images per step, all processes together (0 without counterfactuals)."""
-        if self.counterfactual_root is None:
-            return 0
-        return max(1, round(self.cf_ratio * self.batch_size))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-serialisable data."""
-        return json_ready(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierConfig:
-        """Rebuild a config written by ``to_dict`` (e.g. a run's ``config.json``).
-
-        Raises:
-            ValueError: ``data`` has keys that are not fields of this config.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown ClassifierConfig fields {unknown}; valid fields are {sorted(names)}.")
-        return cls(**dict(data))
-
-
-#: Fields that may differ between an interrupted run and its resumption: they change how long it runs, how it is
-#: observed or where it runs and reads from, not what it computes.
-RESUMABLE_CLASSIFIER_FIELDS: frozenset[str] = frozenset(
-    {
-        "epochs",
-        "log_every",
-        "checkpoint_every",
-        "device",
-        "num_workers",
-        "num_threads",
-        "progress",
-        "real_root",
-        "counterfactual_root",
-        "val_root",
-        "counterfactual_val_root",
-        "download",
-        "check_hash",
-    }
-)
-
-
-def _check_number(value: Any, name: str, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"`{name}` should be a finite number, but got {type(value).__name__} {value!r}.")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"`{name}` should be a number {'> 0' if positive else '>= 0'}, but got {value!r}.")
-
-
-# ------------------------------------------------------------------------------------------------------- data
-class _Schedule:
-    """Which items every step uses, and the seed of each item's augmentation: a function of (seed, step) only."""
-
-    def __init__(self, num_real: int, num_cf: int, batch_size: int, cf_batch_size: int, seed: int) -> None:
-        self.num_real, self.num_cf = num_real, num_cf
-        self.batch_size, self.cf_batch_size = batch_size, cf_batch_size
-        self.steps_per_epoch = num_real // batch_size
-        self._seeds = {
-            kind: mix_seed(seed, stream) for kind, stream in (("r", _REAL_ORDER_STREAM), ("c", _CF_ORDER_STREAM))
-        }
-        self._aug = {"r": mix_seed(seed, _REAL_AUG_STREAM), "c": mix_seed(seed, _CF_AUG_STREAM)}
-        self._permutations: dict[tuple[str, int], torch.Tensor] = {}
-
-    def _permutation(self, kind: str, epoch: int) -> torch.Tensor:
-        key = (kind, epoch)
-        if key not in self._permutations:
-            while len(self._permutations) > 3:
-                self._permutations.pop(next(iter(self._permutations)))
-            generator = torch.Generator().manual_seed(mix_seed(self._seeds[kind], epoch))
-            size = self.num_real if kind == "r" else self.num_cf
-            self._permutations[key] = torch.randperm(size, generator=generator)
-        return self._permutations[key]
-
-    def real(self, step: int) -> list[int]:
-        """The real items of ``step``: batch ``step % steps_per_epoch`` of epoch ``step // steps_per_epoch``."""
-        epoch, j = divmod(step, self.steps_per_epoch)
-        return self._permutation("r", epoch)[j * self.batch_size : (j + 1) * self.batch_size].tolist()
-
-    def counterfactual(self, step: int) -> list[int]:
-        """The counterfactual items of ``step``: the next ones of an endless stream of permutations."""
-        items = []
-        for position in range(step * self.cf_batch_size, (step + 1) * self.cf_batch_size):
-            epoch, offset = divmod(position, self.num_cf)
-            items.append(int(self._permutation("c", epoch)[offset]))
-        return items
-
-    def keys(self, step: int, rank: int, world_size: int) -> list[tuple[str, int, int]]:
-        """This rank's slice of the step's items, as ``(source, index, augmentation seed)``: real ones first."""
-        keys = []
-        for kind, items, per_step in (
-            ("r", self.real(step), self.batch_size),
-            ("c", self.counterfactual(step) if self.cf_batch_size else [], self.cf_batch_size),
-        ):
-            share = per_step // world_size
-            for j in range(rank * share, (rank + 1) * share):
-                # Seeded by the position in the stream, so a repeated image gets a fresh crop in every epoch.
-                keys.append((kind, items[j], mix_seed(self._aug[kind], step * per_step + j)))
-        return keys
-
-
-class _StepBatches(Sampler):
-    """Batch sampler: one list of keys per step, from ``start`` to ``stop``."""
-
-    def __init__(self, schedule: _Schedule, start: int, stop: int, rank: int, world_size: int) -> None:
-        self.schedule, self.start, self.stop = schedule, start, stop
-        self.rank, self.world_size = rank, world_size
-
-    def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
-        for step in range(self.start, self.stop):
-            yield self.schedule.keys(step, self.rank, self.world_size)
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-class _TrainItems(Dataset):
-    """Real and counterfactual items, each augmented with its own seed; labels as ``(shape, texture, background)``."""
-
-    def __init__(self, real: Any, counterfactual: Any, transform: Any) -> None:
-        self.real, self.counterfactual, self.transform = real, counterfactual, transform
-
-    def __len__(self) -> int:
-        return len(self.real) + (len(self.counterfactual) if self.counterfactual is not None else 0)
-
-    def __getitem__(self, key: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        source, index, seed = key
-        if source == "r":
-            image, label = self.real[index]
-            labels = (label, label, label)
-        else:
-            image, labels = self.counterfactual[index]
-        # torchvision's v2 transforms draw from the global CPU generator; seeding it per item makes the crop and
-        # flip a function of the item's key, whatever process or worker applies them.
-        torch.random.default_generator.manual_seed(seed)
-        return self.transform(_as_image(image)), torch.tensor(labels, dtype=torch.int64)
-
-
-class _EvalItems(Dataset):
-    def __init__(self, dataset: Any, indices: list[int], transform: Any) -> None:
-        self.dataset, self.indices, self.transform = dataset, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.dataset[self.indices[k]]
-        labels = label if isinstance(label, tuple) else (label, label, label)
-        return self.transform(_as_image(image)), torch.tensor(labels, dtype=torch.int64)
-
-
-def _ignore_interrupts(worker_id: int) -> None:
-    """DataLoader worker setup: Ctrl-C reaches the whole process group, but only the main process acts on it.
-
-    A worker killed by the signal would make the main process fail with "DataLoader worker exited unexpectedly"
-    before it could finish its step and save the run.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
@@ -833,64 +577,14 @@ def train_classifier(config: ClassifierConfig, run_dir: str | os.PathLike[str], 
     return ClassifierTrainer(config, run_dir, resume=resume).fit()
 
 
-# -------------------------------------------------------------------------------------------------------- CLI
-# Options with their own flag: (flag, ClassifierConfig field, type, help).
-_FLAGS: tuple[Flag, ...] = (
-    ("--counterfactual-root", "counterfactual_root", str, "a counterfactual dataset saved by `cfaug generate`"),
-    ("--val-root", "val_root", str, "ImageFolder of validation images (top-1/top-5 after each epoch)"),
-    ("--counterfactual-val-root", "counterfactual_val_root", str, "saved counterfactuals for per-head validation"),
-    ("--backbone", "backbone", str, "backbone architecture (default resnet50)"),
-    ("--epochs", "epochs", int, "passes over the real images (default 45)"),
-    ("--batch-size", "batch_size", int, "real images per step, all processes together (default 32)"),
-    ("--cf-ratio", "cf_ratio", float, "counterfactual images per real image (default 1.0)"),
-    ("--lr", "lr", float, "SGD learning rate (default 1e-3)"),
-    ("--image-size", "image_size", int, "crop size (default 224)"),
-    ("--seed", "seed", int, "run seed (default 0)"),
-    ("--device", "device", str, "torch device; cuda = each process's own GPU under torchrun (default cpu)"),
-    ("--num-workers", "num_workers", int, "DataLoader workers per process (default 4)"),
-    ("--num-threads", "num_threads", int, "torch CPU threads"),
-)
+# The command line lives in cfaug.cli.train_classifier; these names stay importable from here for old code, loaded
+# on first use because that module imports this one.
+_CLI_NAMES = ("add_train_classifier_arguments", "config_from_args", "run_train_classifier")
 
 
-def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``cfaug train classifier`` to ``parser`` and return it.
+def __getattr__(name: str) -> Any:
+    if name in _CLI_NAMES:
+        from cfaug.cli import train_classifier as cli
 
-    Examples:
-        >>> parser = add_train_classifier_arguments(argparse.ArgumentParser(prog="cfaug train classifier"))
-        >>> args = parser.parse_args(["--real-root", "in/train", "--run-dir", "runs/e", "--backbone-weights", "none"])
-        >>> config_from_args(args).backbone_weights is None
-        True
-    """
-    parser.add_argument("--real-root", required=True, help="ImageFolder of real training images (<root>/<class>/*)")
-    parser.add_argument("--run-dir", required=True, help="run folder (created; an existing run is resumed)")
-    add_config_flags(parser, _FLAGS)
-    parser.add_argument(
-        "--backbone-weights",
-        default=None,
-        help="torchvision weights name (default IMAGENET1K_V1), a weights file, or 'none' for a random backbone",
-    )
-    parser.add_argument("--download", action="store_true", help="download named backbone weights if not cached")
-    parser.add_argument(
-        "--no-frozen-bn", dest="frozen_bn", action="store_false", default=True, help="let BatchNorm statistics train"
-    )
-    add_run_options(parser, "ClassifierConfig", "lr_step_epochs=10")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
-    """The ClassifierConfig that parsed ``cfaug train classifier`` arguments describe (flags, then ``--set``)."""
-    extra: dict[str, Any] = {"download": args.download, "frozen_bn": args.frozen_bn}
-    if args.backbone_weights is not None:
-        extra["backbone_weights"] = None if args.backbone_weights.lower() == "none" else args.backbone_weights
-    changes = config_changes(args, _FLAGS, ClassifierConfig, extra, lists_as_tuples=False)
-    return ClassifierConfig(real_root=args.real_root, **changes)
-
-
-def run_train_classifier(args: argparse.Namespace) -> int:
-    """Run ``cfaug train classifier`` (in every torchrun process); rank 0 prints the exported checkpoint's path."""
-    trainer = ClassifierTrainer(config_from_args(args), args.run_dir, resume=args.resume)
-    final = trainer.fit()
-    if trainer.info.is_main:
-        print(f"Exported classifier: {final}")
-        print(f"Load it with: cfaug.training.classifier.load_classifier({str(final)!r})")
-    return 0
+        return getattr(cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
