@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         help="override a config field for every row (JSON value)",
     )
     args = parser.parse_args(argv)
-    from cfaug.training._options import parse_override
+    from cfaug.cli._options import parse_override
 
     overrides = dict(parse_override(text, TrainConfig) for text in args.overrides)
     print(f"torch {torch.__version__}, {args.threads} threads, load average {os.getloadavg()}")

@@ -31,7 +31,6 @@ writes files.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -76,7 +75,6 @@ from cfaug.engine import (
 )
 from cfaug.functional import composite
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
-from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
 from cfaug.training.features import VGG16_LAYER_INDICES, build_feature_network
 from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
 from cfaug.version import __version__
@@ -88,10 +86,7 @@ __all__ = [
     "IMAGENET_RESUMABLE_FIELDS",
     "ImageNetTrainConfig",
     "ImageNetTrainer",
-    "add_train_imagenet_arguments",
-    "config_from_args",
     "get_imagenet_preset",
-    "run_train_imagenet",
     "train_cgn_imagenet",
 ]
 
@@ -730,55 +725,14 @@ def train_cgn_imagenet(config: ImageNetTrainConfig, run_dir: str | os.PathLike[s
             trainer.close()
 
 
-# -------------------------------------------------------------------------------------------------- CLI
-# Options with their own flag: (flag, config field, type, help).
-_FLAGS: tuple[Flag, ...] = (
-    ("--biggan", "biggan", str, "pretrained BigGAN: a folder with config.json + pytorch_model.bin, or a name"),
-    ("--u2net", "u2net", str, f"U2-Net variant, one of {list(U2NET_VARIANTS)} (default u2net)"),
-    ("--u2net-weights", "u2net_weights", str, "U2-Net weights: official name (u2net, u2netp) or a file"),
-    ("--feature-net", "feature_net", str, "VGG16 of the style losses: imagenet, random or a weights file"),
-    ("--steps", "steps", int, "optimiser steps (default: the preset's, 300)"),
-    ("--batch-size", "batch_size", int, "samples per pass over all processes (default 1)"),
-    ("--accumulation", "accumulation", int, "passes per optimiser step, gradients summed (default 4000)"),
-    ("--truncation", "truncation", float, "truncation of the training noise (default 1.0)"),
-    ("--seed", "seed", int, "run seed (default 0)"),
-    ("--device", "device", str, "torch device, e.g. cuda (default cpu)"),
-    ("--amp", "amp", str, "bf16: autocast the forward passes on a GPU (default: float32)"),
-    ("--num-threads", "num_threads", int, "torch CPU threads"),
-)
+# The argparse code of ``cfaug train imagenet`` lives in ``cfaug.cli.train_imagenet``; its names stay importable
+# from here (loaded on first use: cfaug.cli imports this module).
+_CLI_NAMES = ("add_train_imagenet_arguments", "config_from_args", "run_train_imagenet")
 
 
-def add_train_imagenet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``cfaug train imagenet`` to ``parser`` and return it.
+def __getattr__(name: str) -> Any:
+    if name in _CLI_NAMES:
+        from cfaug.cli import train_imagenet
 
-    Examples:
-        >>> parser = add_train_imagenet_arguments(argparse.ArgumentParser(prog="cfaug train imagenet"))
-        >>> args = parser.parse_args(["--run-dir", "runs/i", "--biggan", "biggan256", "--steps", "10"])
-        >>> config_from_args(args).steps
-        10
-    """
-    parser.add_argument("--run-dir", required=True, help="run folder (created; an existing run is resumed)")
-    parser.add_argument(
-        "--preset",
-        choices=sorted(IMAGENET_PRESETS),
-        default="authors",
-        help="authors: the values of the authors' code (default); paper: the paper's where they differ",
-    )
-    add_config_flags(parser, _FLAGS)
-    add_run_options(parser, "ImageNetTrainConfig", "mask_interval=[0.1,0.9]")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> ImageNetTrainConfig:
-    """The config that parsed ``cfaug train imagenet`` arguments describe (preset, flags, then ``--set``)."""
-    return get_imagenet_preset(args.preset, **config_changes(args, _FLAGS, ImageNetTrainConfig))
-
-
-def run_train_imagenet(args: argparse.Namespace) -> int:
-    """Run ``cfaug train imagenet``: train (or resume), print the exported checkpoint's path, return 0."""
-    config = config_from_args(args)
-    final = train_cgn_imagenet(config, args.run_dir, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"Exported CGN: {final}")
-        print(f"Load it with: cfaug.load_backend('biggan', weights={str(final)!r})")
-    return 0
+        return getattr(train_imagenet, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
