@@ -16,10 +16,10 @@ import torch
 from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.mnist import MnistBackend
 from cfaug.datasets.mnist_variants import VARIANTS
+from cfaug.engine import training_scope
 from cfaug.training.mask_estimator import (
     DEFAULT_HARD_FRACTION,
     DEFAULT_JITTER,
-    _num_threads,
     mask_iou,
     train_mask_estimator,
 )
@@ -94,7 +94,7 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
     if args.threads is not None:
         check_positive_int(args.threads, "threads")
     out = Path(args.out)
-    with _num_threads(args.threads):
+    with training_scope(args.threads, fork_rng=False):
         # Load the data first: a wrong --data-root should fail before minutes of training.
         dataset = _test_split(args.variant, args.data_root, args.texture_root)
         source = load_backend("mnist", weights=args.weights)

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import platform
 import time
@@ -69,7 +68,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cfaug._utils import atomic_write
-from cfaug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cfaug.distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -79,6 +77,16 @@ from cfaug.distributed import (
     device_for_rank,
     distributed_session,
     fail_together,
+)
+from cfaug.engine import (
+    RunFolder,
+    check_resumable,
+    deferred_interrupt,
+    flatten_optimizer,
+    prefixed,
+    training_scope,
+    unflatten_optimizer,
+    unprefixed,
 )
 from cfaug.models.classifiers import (
     CLASSIFIER_KIND,
@@ -100,15 +108,6 @@ from cfaug.models.classifiers import (
     train_transform,
 )
 from cfaug.seeding import mix_seed
-from cfaug.training._runs import (
-    check_resumable,
-    deferred_interrupt,
-    flatten_optimizer,
-    prefixed,
-    truncate_stats,
-    unflatten_optimizer,
-    unprefixed,
-)
 from cfaug.training.classifier_config import RESUMABLE_CLASSIFIER_FIELDS, ClassifierConfig
 from cfaug.training.classifier_data import (
     _INIT_STREAM,
@@ -167,9 +166,11 @@ class ClassifierTrainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.checkpoint_path = self.run_dir / "checkpoints" / "latest.safetensors"
-        self.final_path = self.run_dir / "final.safetensors"
-        self.stats_path = self.run_dir / "stats.jsonl"
+        #: the run folder (cfaug.engine); ``fit`` tells it whether this process writes.
+        self.folder = RunFolder(self.run_dir, kind=STATE_KIND, writer="train_classifier")
+        self.checkpoint_path = self.folder.checkpoint_path
+        self.final_path = self.folder.final_path
+        self.stats_path = self.folder.stats_path
         #: the trained ensemble (unwrapped), set by ``fit``.
         self.model: EnsembleClassifier | None = None
         self.step = 0
@@ -191,35 +192,29 @@ class ClassifierTrainer:
             KeyboardInterrupt: Ctrl-C; the step in progress was finished and checkpointed.
         """
         config = self.config
-        previous_threads = torch.get_num_threads()
-        if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
         device = torch.device(config.device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        try:
-            with distributed_session(backend) as info:
-                self.info = info
-                self.device = device_for_rank(device, info)
-                if self.device.type == "cuda":
-                    torch.cuda.set_device(self.device)
-                forked = [self.device.index or 0] if self.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=forked):
-                    # Every step of the setup that can fail on one rank only (a missing folder, a bad checkpoint)
-                    # runs before the first collective that not all ranks would reach.
-                    if config.download and config.backbone_weights is not None:
-                        # One download per machine; the other processes then find the file in the hub cache.
-                        with fail_together("downloading the backbone weights"):
-                            if info.local_rank == 0:
-                                load_torchvision_weights(config.backbone, config.backbone_weights, download=True)
-                    with fail_together("setting up the run"):
-                        self._setup()
-                    self.ddp: nn.Module = self.model
-                    if info.is_distributed:
-                        device_ids = [self.device.index] if self.device.type == "cuda" else None
-                        self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-                    return self._train()
-        finally:
-            torch.set_num_threads(previous_threads)
+        with distributed_session(backend) as info:
+            self.info = info
+            self.folder.is_main = info.is_main
+            self.device = device_for_rank(device, info)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            with training_scope(config.num_threads, self.device):
+                # Every step of the setup that can fail on one rank only (a missing folder, a bad checkpoint)
+                # runs before the first collective that not all ranks would reach.
+                if config.download and config.backbone_weights is not None:
+                    # One download per machine; the other processes then find the file in the hub cache.
+                    with fail_together("downloading the backbone weights"):
+                        if info.local_rank == 0:
+                            load_torchvision_weights(config.backbone, config.backbone_weights, download=True)
+                with fail_together("setting up the run"):
+                    self._setup()
+                self.ddp: nn.Module = self.model
+                if info.is_distributed:
+                    device_ids = [self.device.index] if self.device.type == "cuda" else None
+                    self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+                return self._train()
 
     # ------------------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -227,11 +222,7 @@ class ClassifierTrainer:
         configs = all_gather_objects(config.to_dict())
         if any(other != configs[0] for other in configs):
             raise ValueError("The processes of the job were given different configs; give every rank the same.")
-        if self.checkpoint_path.exists() and not self.resume:
-            raise ValueError(
-                f"{str(self.run_dir)!r} already holds a run (checkpoints/latest.safetensors); pass resume=True "
-                "to continue it or choose a new run folder."
-            )
+        self.folder.refuse_unless_resuming(self.resume)
         batch, cf_batch = config.batch_size, config.cf_batch_size
         for name, value in (("batch_size", batch), ("counterfactual images per step", cf_batch)):
             if value % info.world_size:
@@ -266,17 +257,10 @@ class ClassifierTrainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        if self.checkpoint_path.exists():
+        if self.folder.has_state():
             self._load_state()
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.step == 0:
-                self.stats_path.unlink(missing_ok=True)
-            else:
-                truncate_stats(self.stats_path, self.step)
-            with atomic_write(self.run_dir / "config.json", "w") as handle:
-                json.dump({"config": config.to_dict(), "resolved": self.resolved()}, handle, indent=2)
-                handle.write("\n")
+        self.folder.start_stats(self.step)
+        self.folder.write_config({"config": config.to_dict(), "resolved": self.resolved()})
 
     def _counterfactual_dataset(self, root: str | None, arg: str) -> Any:
         if root is None:
@@ -318,24 +302,19 @@ class ClassifierTrainer:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save_state(self) -> None:
-        if not self.info.is_main:
-            return
         optimizer_tensors, optimizer_meta = flatten_optimizer("optimizer", self.optimizer)
         tensors = {**prefixed("model", self.model), **optimizer_tensors}
         meta = {
-            "kind": STATE_KIND,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "config": self.config.to_dict(),
             "optimizer": optimizer_meta,
         }
-        save_checkpoint(self.checkpoint_path, tensors, meta)
+        self.folder.save_state(tensors, meta)  # rank 0 writes; the meta gets the folder's kind first
 
     def _load_state(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        checkpoint = self.folder.load_state(map_location=self.device)
         meta = checkpoint.meta
-        if meta.get("kind") != STATE_KIND:
-            raise CheckpointError(f"{str(self.checkpoint_path)!r} is not a classifier training state.")
         check_resumable(ClassifierConfig.from_dict(meta["config"]), self.config, RESUMABLE_CLASSIFIER_FIELDS)
         tensors = checkpoint.state_dict
         self.model.load_state_dict(unprefixed("model", tensors), strict=True)
@@ -441,7 +420,7 @@ class ClassifierTrainer:
         return stats
 
     def _log(self, sums: torch.Tensor, steps: int, seconds: float) -> None:
-        config, info = self.config, self.info
+        config = self.config
         totals = all_reduce_sum(sums.clone()).cpu()
         real_images = float(totals[2])
         cf_images = float(config.cf_batch_size * steps)
@@ -459,9 +438,7 @@ class ClassifierTrainer:
             record["loss_counterfactual"] = float(totals[3]) / cf_images
             for k, head in enumerate(HEADS):
                 record[f"batch_top1_cf_{head}"] = float(totals[4 + k]) / cf_images
-        if info.is_main:
-            with open(self.stats_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+        self.folder.append_stats(record)
 
     def _save_first_batch(self, real: torch.Tensor, counterfactual: torch.Tensor) -> None:
         """A picture of what the network sees: the first step's augmented images, de-normalised."""
@@ -477,7 +454,7 @@ class ClassifierTrainer:
         pixels = canvas.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
-        with atomic_write(self.run_dir / "samples" / "first-batch.png") as handle:
+        with atomic_write(self.folder.samples_dir / "first-batch.png") as handle:
             handle.write(buffer.getvalue())
 
     # ---------------------------------------------------------------------------------------------- validation
@@ -528,9 +505,7 @@ class ClassifierTrainer:
         if not record:
             return
         self.last_validation = record
-        if self.info.is_main:
-            with open(self.stats_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": self.step, "epoch": epoch, **record}) + "\n")
+        self.folder.append_stats({"step": self.step, "epoch": epoch, **record})
 
     # ------------------------------------------------------------------------------------------------- export
     def _finish(self, export: bool = True) -> Path:

@@ -14,9 +14,7 @@ bit-identical weights. The caller's global RNG state is restored afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Generator
 from typing import Any
 
 import torch
@@ -26,6 +24,7 @@ from cfaug._utils import check_positive_int
 from cfaug.backends.base import Backend
 from cfaug.backends.mnist import MnistBackend
 from cfaug.checkpoint import state_dict_problems
+from cfaug.engine import training_scope
 from cfaug.seeding import draw_seeds, mix_seed
 
 __all__ = [
@@ -146,17 +145,6 @@ def _augment(
     return images, targets
 
 
-@contextlib.contextmanager
-def _num_threads(threads: int | None) -> Generator[None, None, None]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------------------ training
 def train_mask_estimator(
     backend_or_weights: MnistBackend | str | os.PathLike[str],
@@ -226,8 +214,7 @@ def train_mask_estimator(
         raise ValueError(f"`device` {device!r} is not a valid torch device: {error}") from error
     source = _resolve_source(backend_or_weights)
 
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with training_scope(device=device):  # the caller's RNG state (CPU and this GPU) is left as it was
         # The estimator's default initialisation draws from the global RNG; seed it so it depends on `seed` only.
         torch.manual_seed(mix_seed(seed, _INIT_STREAM))
         model = _with_estimator(source, width).to(device)

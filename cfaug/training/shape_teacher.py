@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import check_positive_int
+from cfaug.engine import training_scope
 from cfaug.models.mask_classifier import MaskClassifier
 from cfaug.seeding import mix_seed
 
@@ -93,7 +94,7 @@ def train_shape_teacher(
     train_masks, train_labels = masks[: len(masks) - held_out], labels[: len(masks) - held_out]
 
     generator = torch.Generator().manual_seed(mix_seed(seed, 1))
-    with torch.random.fork_rng(devices=[]):
+    with training_scope():  # the caller's CPU RNG state is left as it was
         torch.manual_seed(mix_seed(seed, 2))
         teacher = MaskClassifier(num_classes).to(device)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=lr)
