@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cfaug.models.feature_network import FeatureNetworkError, build_feature_network
+
 # None of these modules imports torchvision or pytorch_pretrained_biggan when it is imported (only when a network is
 # built), so importing cfaug.training stays cheap.
 from cfaug.training.classifier import (
@@ -37,7 +39,6 @@ from cfaug.training.classifier import (
     train_classifier,
 )
 from cfaug.training.config import AUTHORS_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, get_preset
-from cfaug.training.features import FeatureNetworkError, build_feature_network
 from cfaug.training.imagenet import (
     IMAGENET_PRESETS,
     IMAGENET_RESUMABLE_FIELDS,

@@ -74,8 +74,8 @@ from cfaug.engine import (
     unprefixed,
 )
 from cfaug.functional import composite
+from cfaug.models.feature_network import VGG16_LAYER_INDICES, build_feature_network
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
-from cfaug.training.features import VGG16_LAYER_INDICES, build_feature_network
 from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
 from cfaug.version import __version__
 

@@ -59,11 +59,11 @@ from cfaug.engine import (
     unprefixed,
 )
 from cfaug.functional import composite
+from cfaug.models.discriminators import build_discriminator
+from cfaug.models.feature_network import VGG16_LAYER_INDICES, VGG16_LAYER_NAMES, FeatureNetwork, build_feature_network
 from cfaug.seeding import mix_seed
 from cfaug.training import losses
 from cfaug.training.config import TrainConfig
-from cfaug.training.discriminators import build_discriminator
-from cfaug.training.features import VGG16_LAYER_INDICES, VGG16_LAYER_NAMES, FeatureNetwork, build_feature_network
 from cfaug.training.monitor import (
     MaskCollapseError,
     detect_collapse,
