@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
+from cfaug.cli._options import Flag, add_config_flags, add_run_options, config_changes
 from cfaug.training.classifier import ClassifierConfig, ClassifierTrainer
 
 __all__ = ["add_train_classifier_arguments", "config_from_args", "run_train_classifier"]
