@@ -36,6 +36,41 @@ _WEIGHT = number()
 _FRACTION = number(upper=1.0)
 
 
+# Field checks of the tuple fields, shared by the MNIST and ImageNet CGN configs.
+def check_betas(value: Any, name: str) -> tuple[float, float]:
+    """Adam's two betas, each in [0, 1)."""
+    betas = tuple(value)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"`{name}` should be two numbers in [0, 1), but got {value!r}.")
+    return (float(betas[0]), float(betas[1]))
+
+
+def check_layer_weights(value: Any, name: str) -> tuple[float, ...]:
+    """One non-negative weight per VGG16 style layer (relu1_2, relu2_2, relu3_3, relu4_3)."""
+    weights = tuple(value)
+    if len(weights) != 4 or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+    ):
+        raise ValueError(
+            f"`{name}` should be 4 non-negative numbers (relu1_2, relu2_2, relu3_3, relu4_3), but got {value!r}."
+        )
+    return tuple(float(w) for w in weights)
+
+
+def check_interval(value: Any, name: str) -> tuple[float, float] | None:
+    """An interval ``(low, high)`` with ``0 <= low <= high <= 1``, or ``None``."""
+    if value is None:
+        return None
+    low_high = tuple(value)
+    if (
+        len(low_high) != 2
+        or not all(isinstance(v, (int, float)) for v in low_high)
+        or not (0 <= low_high[0] <= low_high[1] <= 1)
+    ):
+        raise ValueError(f"`{name}` should be (low, high) with 0 <= low <= high <= 1, but got {value!r}.")
+    return (float(low_high[0]), float(low_high[1]))
+
+
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """Everything that defines an MNIST CGN training run (see the field comments).
@@ -67,7 +102,7 @@ class TrainConfig(Config):
     steps: int = setting(4000, check=integer(), resumable=True)
     batch_size: int = setting(64, check=integer())  # real and generated images per iteration
     lr: float = setting(2e-4, check=_POSITIVE)  # Adam learning rate of generator and discriminator
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of both
+    betas: tuple[float, float] = setting((0.5, 0.999), check=check_betas)  # Adam betas of both
     # learning-rate factor for the generator's BatchNorm weights and shifts
     norm_lr_scale: float = setting(1.0, check=_POSITIVE)
     # ---- models
@@ -78,12 +113,14 @@ class TrainConfig(Config):
     ndf: int | None = setting(None, check=integer(optional=True))  # discriminator width; None: 512 linear, 32 conv
     # ---- generator losses (added to the LSGAN loss, weight 1)
     lambda_mask: float = setting(0.1, check=_WEIGHT)  # weight of the mask's binary entropy (base 2)
-    style_weights: tuple[float, ...] = (0.05, 0.1, 0.01, 0.0)  # w per VGG16 layer relu1_2/2_2/3_3/4_3; w^2*5000
+    # w per VGG16 layer relu1_2/2_2/3_3/4_3; the loss uses w^2*5000
+    style_weights: tuple[float, ...] = setting((0.05, 0.1, 0.01, 0.0), check=check_layer_weights)
     # images per iteration in the style loss (the first ones); None: whole batch
     style_batch: int | None = setting(None, check=integer(optional=True))
     # style loss network: auto | imagenet | random | path (see training.features)
     feature_net: str = setting("auto", check=text(what=f"one of {list(_FEATURE_NETS)} or a path (str)"))
-    mask_area: tuple[float, float] | None = None  # interval for the per-image mask area; None: no interval loss
+    # interval for the per-image mask area; None: no interval loss
+    mask_area: tuple[float, float] | None = setting(None, check=check_interval)
     lambda_area: float = setting(0.0, check=_WEIGHT)  # weight of the mask area interval loss
     border_width: int = setting(3, check=integer())  # width in pixels of the border band (border loss, detector)
     lambda_border: float = setting(0.0, check=_WEIGHT)  # weight of the mask border penalty
@@ -133,29 +170,7 @@ class TrainConfig(Config):
     notes: dict[str, str] = setting(factory=dict, compare=False, resumable=True)
 
     def validate(self) -> None:
-        """The checks of the tuple fields and of the fields that depend on each other."""
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"`betas` should be two numbers in [0, 1), but got {self.betas!r}.")
-        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
-        weights = tuple(self.style_weights)
-        if len(weights) != 4 or not all(isinstance(w, (int, float)) and w >= 0 for w in weights):
-            raise ValueError(
-                f"`style_weights` should be 4 non-negative numbers (relu1_2, relu2_2, relu3_3, relu4_3), "
-                f"but got {self.style_weights!r}."
-            )
-        object.__setattr__(self, "style_weights", tuple(float(w) for w in weights))
-        if self.mask_area is not None:
-            low_high = tuple(self.mask_area)
-            if (
-                len(low_high) != 2
-                or not all(isinstance(v, (int, float)) for v in low_high)
-                or not (0 <= low_high[0] <= low_high[1] <= 1)
-            ):
-                raise ValueError(
-                    f"`mask_area` should be (low, high) with 0 <= low <= high <= 1, but got {self.mask_area!r}."
-                )
-            object.__setattr__(self, "mask_area", (float(low_high[0]), float(low_high[1])))
+        """The checks of the fields that depend on each other."""
         if self.lambda_shape > 0 and self.shape_teacher_steps == 0:
             raise ValueError("`lambda_shape` is positive but `shape_teacher_steps` is 0; the loss needs a teacher.")
         if self.collapse_min_shape_accuracy > 0 and self.shape_teacher_steps == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from cfaug.models.discriminators import DISCRIMINATORS, DiscConv, DiscLin, build_discriminator
+from cfaug.models import discriminators as _moved
+from cfaug.models.discriminators import *  # noqa: F403
 
-__all__ = ["DISCRIMINATORS", "DiscConv", "DiscLin", "build_discriminator"]
+__all__ = _moved.__all__

@@ -2,26 +2,7 @@
 
 from __future__ import annotations
 
-from cfaug.models.feature_network import (
-    IMAGENET_VGG16_FILENAME,
-    IMAGENET_VGG16_SHA256_PREFIX,
-    RANDOM_VGG16_SEED,
-    VGG16_LAYER_INDICES,
-    VGG16_LAYER_NAMES,
-    FeatureNetwork,
-    FeatureNetworkError,
-    build_feature_network,
-    imagenet_vgg16_cache_path,
-)
+from cfaug.models import feature_network as _moved
+from cfaug.models.feature_network import *  # noqa: F403
 
-__all__ = [
-    "IMAGENET_VGG16_FILENAME",
-    "IMAGENET_VGG16_SHA256_PREFIX",
-    "RANDOM_VGG16_SEED",
-    "VGG16_LAYER_INDICES",
-    "VGG16_LAYER_NAMES",
-    "FeatureNetwork",
-    "FeatureNetworkError",
-    "build_feature_network",
-    "imagenet_vgg16_cache_path",
-]
+__all__ = _moved.__all__

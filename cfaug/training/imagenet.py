@@ -76,6 +76,7 @@ from cfaug.engine import (
 from cfaug.functional import composite
 from cfaug.models.feature_network import VGG16_LAYER_INDICES, build_feature_network
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
+from cfaug.training.config import check_betas, check_interval, check_layer_weights
 from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
 from cfaug.version import __version__
 
@@ -107,6 +108,12 @@ _NOISE_STREAM = 0  # per-sample seed -> the sample's noise u (the backend's own 
 
 
 # ------------------------------------------------------------------------------------------------ config
+def _interval(value: Any, name: str) -> tuple[float, float]:
+    if value is None:  # unlike the MNIST mask area, the interval loss is always on
+        raise ValueError(f"`{name}` should be (low, high) with 0 <= low <= high <= 1, but got None.")
+    return check_interval(value, name)
+
+
 def _truncation(value: Any, name: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
         raise ValueError(f"`{name}` should be a number in (0, 1], but got {value!r}.")
@@ -145,11 +152,13 @@ class ImageNetTrainConfig(Config):
     truncation: float = setting(1.0, check=_truncation)
     # ---- losses (the authors' imagenet/config.py)
     lambda_l1: float = setting(100.0, check=number())  # weight of mean|x_gen - x_gt|
-    perceptual_weights: tuple[float, ...] = (4.0, 4.0, 4.0, 4.0)  # reconstruction style w per relu1_2..relu4_3
+    # reconstruction style w per relu1_2..relu4_3
+    perceptual_weights: tuple[float, ...] = setting((4.0, 4.0, 4.0, 4.0), check=check_layer_weights)
     lambda_binary: float = setting(300.0, check=number())  # weight of the mask's binary entropy
     lambda_mask: float = setting(500.0, check=number())  # weight of the mask-area interval loss
-    mask_interval: tuple[float, float] = (0.1, 0.9)  # the mask area interval (tau, tau')
-    texture_weights: tuple[float, ...] = (0.0, 5.0, 5.0, 0.0)  # texture style w per relu1_2..relu4_3
+    mask_interval: tuple[float, float] = setting((0.1, 0.9), check=_interval)  # the mask area interval (tau, tau')
+    # texture style w per relu1_2..relu4_3
+    texture_weights: tuple[float, ...] = setting((0.0, 5.0, 5.0, 0.0), check=check_layer_weights)
     lambda_background: float = setting(2000.0, check=number())  # weight of the background's mean U2-Net saliency
     patch_size: int = setting(15, check=integer())  # texture patch grid: window side at patch_work_size
     patch_pool: int = setting(100, check=integer())  # ... windows with the highest mask mean to draw from
@@ -159,7 +168,7 @@ class ImageNetTrainConfig(Config):
     lr_shape: float = setting(8e-6, check=number(positive=True))  # learning rate of f_shape
     lr_texture: float = setting(3e-5, check=number(positive=True))  # learning rate of f_text (the paper: 1e-5)
     lr_background: float = setting(1e-5, check=number(positive=True))  # learning rate of f_bg
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas of all three
+    betas: tuple[float, float] = setting((0.9, 0.999), check=check_betas)  # Adam betas of all three
     # ---- monitoring and output
     log_every: int = setting(1, check=integer(), resumable=True)  # optimiser steps between stats.jsonl lines
     sample_every: int = setting(1, check=integer(), resumable=True)  # optimiser steps between sample sheets
@@ -183,31 +192,7 @@ class ImageNetTrainConfig(Config):
     notes: dict[str, str] = setting(factory=dict, compare=False, resumable=True)
 
     def validate(self) -> None:
-        """The checks of the tuple fields and of the fields that depend on each other."""
-        for name in ("perceptual_weights", "texture_weights"):
-            weights = tuple(getattr(self, name))
-            if len(weights) != 4 or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
-            ):
-                raise ValueError(
-                    f"`{name}` should be 4 non-negative numbers (relu1_2, relu2_2, relu3_3, relu4_3), but got "
-                    f"{getattr(self, name)!r}."
-                )
-            object.__setattr__(self, name, tuple(float(w) for w in weights))
-        interval = tuple(self.mask_interval)
-        if (
-            len(interval) != 2
-            or not all(isinstance(v, (int, float)) for v in interval)
-            or not (0 <= interval[0] <= interval[1] <= 1)
-        ):
-            raise ValueError(
-                f"`mask_interval` should be (low, high) with 0 <= low <= high <= 1, but got {self.mask_interval!r}."
-            )
-        object.__setattr__(self, "mask_interval", (float(interval[0]), float(interval[1])))
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"`betas` should be two numbers in [0, 1), but got {self.betas!r}.")
-        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+        """The checks of the fields that depend on each other, and of the sample classes."""
         if self.patch_size > self.patch_work_size:
             raise ValueError(
                 f"`patch_size` ({self.patch_size}) should be at most `patch_work_size` ({self.patch_work_size})."
