@@ -60,6 +60,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -81,9 +82,9 @@ from cfaug.distributed import (
 from cfaug.engine import (
     RunFolder,
     check_resumable,
-    deferred_interrupt,
     flatten_optimizer,
     prefixed,
+    run_steps,
     training_scope,
     unflatten_optimizer,
     unprefixed,
@@ -336,59 +337,89 @@ class ClassifierTrainer:
         )
 
     def _train(self) -> Path:
-        from tqdm.auto import tqdm
-
         config, info = self.config, self.info
         if self.step >= self.total_steps:
             return self._finish(export=not self.final_path.is_file())
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            desc="classifier",
-            unit="step",
-            disable=not (config.progress and info.is_main),
-            dynamic_ncols=True,
-        )
-        real_share = config.batch_size // info.world_size
+        self._real_share = config.batch_size // info.world_size
         # Sums of the interval, kept on the device (no synchronisation per step): real loss, real hits, real
         # images, counterfactual loss, hits of the shape, texture and background heads.
-        sums = torch.zeros(7, dtype=torch.float64, device=self.device)
-        interval_start, interval_steps = time.perf_counter(), 0
+        self._sums = torch.zeros(7, dtype=torch.float64, device=self.device)
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
         self.ddp.train()
-        with bar, deferred_interrupt() as interrupted:
-            for images, labels in self._loader():
-                started = time.perf_counter()
-                if self.step == 0 and info.is_main:
-                    self._save_first_batch(images[:real_share], images[real_share:])
-                epoch = self.step // self.schedule.steps_per_epoch
-                for group in self.optimizer.param_groups:
-                    group["lr"] = config.lr * config.lr_gamma ** (epoch // config.lr_step_epochs)
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                sums += self._train_step(images, labels, real_share)
-                self.step += 1
-                self.train_seconds += time.perf_counter() - started
-                interval_steps += 1
-                bar.update(1)
-                end_of_epoch = self.step % self.schedule.steps_per_epoch == 0
-                if self.step % config.log_every == 0 or end_of_epoch:
-                    self._log(sums, interval_steps, time.perf_counter() - interval_start)
-                    sums.zero_()
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if end_of_epoch:
-                    self._validate_and_log(self.step // self.schedule.steps_per_epoch)
-                    self.ddp.train()
+        self._batches = iter(self._loader())
+        # The epochs are one run of steps to the engine; the first batch is the only sample sheet.
+        cadence = SimpleNamespace(
+            steps=self.total_steps,
+            log_every=config.log_every,
+            sample_every=self.total_steps,
+            checkpoint_every=config.checkpoint_every,
+        )
+        try:
+            run_steps(
+                self,
+                cadence,
+                desc="classifier",
+                unit="step",
+                progress=config.progress and info.is_main,
+                interrupted_message=f"Training interrupted after step {{step}}; {self.checkpoint_path} holds the "
+                "state. Run the same command again to continue.",
                 # Every rank stops at the same step, even when Ctrl-C reached only some of them.
-                stop = any_rank(interrupted(), self.device)
-                if end_of_epoch or self.step % config.checkpoint_every == 0 or stop:
-                    self._save_state()
-                if stop:
-                    barrier()
-                    raise KeyboardInterrupt(
-                        f"Training interrupted after step {self.step}; {self.checkpoint_path} holds the state. "
-                        "Run the same command again to continue."
-                    )
+                stop_requested=lambda flag: any_rank(flag, self.device),
+                after_checkpoint=barrier,
+            )
+        finally:
+            del self._batches  # shuts the DataLoader workers down, also after Ctrl-C
         return self._finish()
+
+    # ---------------------------------------------------------------------------------- the engine's SteppedRun
+    def train_step(self) -> dict[str, float]:
+        """Train one step of the next batch; at the end of an epoch also log, validate and checkpoint."""
+        fetched = time.perf_counter()
+        images, labels = next(self._batches)
+        # train_seconds counts the step, not the wait for the DataLoader (the engine times both).
+        self.train_seconds -= time.perf_counter() - fetched
+        config, real_share = self.config, self._real_share
+        if self.step == 0 and self.info.is_main:
+            self._save_first_batch(images[:real_share], images[real_share:])
+        epoch = self.step // self.schedule.steps_per_epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr * config.lr_gamma ** (epoch // config.lr_step_epochs)
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        self._sums += self._train_step(images, labels, real_share)
+        self.step += 1
+        self._interval_steps += 1
+        if self.step % self.schedule.steps_per_epoch == 0:
+            self.log()
+            self._validate_and_log(self.step // self.schedule.steps_per_epoch)
+            self.ddp.train()
+            if self.step % config.checkpoint_every and self.step < self.total_steps:
+                # Every epoch ends with a checkpoint (the engine writes the ones of its own cadence).
+                self.save_state()
+                barrier()
+        return {}
+
+    def accumulate(self, values: dict[str, float], seconds: float) -> None:
+        """Nothing: ``train_step`` adds to the interval's sums on the device, without a synchronisation."""
+
+    def progress_postfix(self, values: dict[str, float]) -> dict[str, str]:
+        """Nothing: the progress bar shows steps only."""
+        return {}
+
+    def log(self) -> None:
+        """Write the interval's stats line (all ranks reduce; rank 0 writes) and start a new interval."""
+        if self._interval_steps == 0:  # the end of the epoch logged this step already
+            return
+        self._log(self._sums, self._interval_steps, time.perf_counter() - self._interval_start)
+        self._sums.zero_()
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+
+    def save_samples(self) -> None:
+        """Nothing: the first step's batch is the run's one sample sheet (``samples/first-batch.png``)."""
+
+    def save_state(self) -> None:
+        """Write the training state (rank 0)."""
+        self._save_state()
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor, real_share: int) -> torch.Tensor:
         """One optimiser step: the real batch, then the counterfactual batch, then SGD; return the sums to log."""
