@@ -16,6 +16,7 @@ plain ``dict[str, Config]`` per trainer, changed with ``dataclasses.replace``.
 ``final.safetensors``; ``refuse_unless_resuming(resume)``, ``load_state()`` (refuses another trainer's
 checkpoint by its ``kind``), ``save_state(tensors, meta)``, ``start_stats(step)`` (cut back to a resumed step),
 ``append_stats(record)``, ``write_config(document)``, ``sample_path(step)``. Only rank 0 (``is_main``) writes.
+``run_environment(device, **extra)`` is what a run records of the machine it ran on.
 
 **Training state** (``cfaug.engine.state``): ``prefixed``/``unprefixed`` module weights and
 ``flatten_optimizer``/``unflatten_optimizer``: a state that loads without unpickling.
@@ -44,7 +45,7 @@ from cfaug.engine.config import (
     setting,
     text,
 )
-from cfaug.engine.folder import RunFolder, truncate_stats
+from cfaug.engine.folder import RunFolder, run_environment, truncate_stats
 from cfaug.engine.loop import Cadence, SteppedRun, deferred_interrupt, run_steps, training_scope
 from cfaug.engine.state import flatten_optimizer, prefixed, unflatten_optimizer, unprefixed
 
@@ -62,6 +63,7 @@ __all__ = [
     "json_ready",
     "number",
     "prefixed",
+    "run_environment",
     "run_steps",
     "setting",
     "text",

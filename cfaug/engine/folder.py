@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,26 @@ import torch
 
 from cfaug._utils import atomic_write
 from cfaug.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cfaug.version import __version__
 
-__all__ = ["RunFolder", "truncate_stats"]
+__all__ = ["RunFolder", "run_environment", "truncate_stats"]
+
+
+def run_environment(device: str | torch.device, **extra: Any) -> dict[str, Any]:
+    """Versions and hardware of a run, for its ``config.json`` and export (recorded, not checked on resume).
+
+    Args:
+        device: the run's device.
+        **extra: more entries, e.g. ``world_size``.
+    """
+    return {
+        "cfaug_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        **extra,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def truncate_stats(path: Path, last_step: int) -> None:

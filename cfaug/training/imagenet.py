@@ -36,7 +36,6 @@ import copy
 import dataclasses
 import io
 import os
-import platform
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +65,7 @@ from cfaug.engine import (
     integer,
     number,
     prefixed,
+    run_environment,
     run_steps,
     setting,
     text,
@@ -78,7 +78,6 @@ from cfaug.models.feature_network import VGG16_LAYER_INDICES, build_feature_netw
 from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
 from cfaug.training.config import check_betas, check_interval, check_layer_weights
 from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
-from cfaug.version import __version__
 
 __all__ = [
     "AUTHORS_SAMPLE_CLASSES",
@@ -413,14 +412,7 @@ class ImageNetTrainer:
 
     def environment(self) -> dict[str, Any]:
         """Versions and hardware of this run (recorded, not checked on resume)."""
-        return {
-            "cfaug_version": __version__,
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(self.device),
-            "world_size": self.world.world_size,
-            "threads": torch.get_num_threads(),
-        }
+        return run_environment(self.device, world_size=self.world.world_size)
 
     def write_config(self) -> None:
         """Write ``config.json`` (rank 0)."""

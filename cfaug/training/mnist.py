@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import platform
 import time
 import warnings
 from collections.abc import Generator
@@ -53,6 +52,7 @@ from cfaug.engine import (
     check_resumable,
     flatten_optimizer,
     prefixed,
+    run_environment,
     run_steps,
     training_scope,
     unflatten_optimizer,
@@ -72,7 +72,6 @@ from cfaug.training.monitor import (
     save_sample_grid,
 )
 from cfaug.training.shape_teacher import MaskClassifier, train_shape_teacher
-from cfaug.version import __version__
 
 __all__ = ["CHECKPOINT_KIND", "build_train_dataset", "train_cgn_mnist"]
 
@@ -254,13 +253,7 @@ class _Run:
         }
 
     def environment(self) -> dict[str, Any]:
-        return {
-            "cfaug_version": __version__,
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(self.device),
-            "threads": torch.get_num_threads(),
-        }
+        return run_environment(self.device)
 
     def save_state(self) -> None:
         tensors = {**prefixed("G", self.generator), **prefixed("D", self.discriminator)}
