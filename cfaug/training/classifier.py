@@ -89,21 +89,16 @@ from cfaug.engine import (
     unflatten_optimizer,
     unprefixed,
 )
+from cfaug.models import classifiers as _classifiers
+from cfaug.models.classifiers import *  # noqa: F403 (the networks' names, re-exported for old import paths)
 from cfaug.models.classifiers import (
-    CLASSIFIER_KIND,
     HEADS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     OUTPUTS,
     STATE_KIND,
     EnsembleClassifier,
-    TinyCNN,
-    WeightsUnavailableError,
-    build_backbone,
-    build_torchvision_classifier,
     eval_transform,
-    list_backbones,
-    load_classifier,
     load_torchvision_weights,
     save_classifier,
     train_transform,
@@ -121,28 +116,13 @@ from cfaug.training.classifier_data import (
 )
 from cfaug.version import __version__
 
+# The networks' names are re-exported from cfaug.models.classifiers, where they now live (old import paths).
 __all__ = [
-    "CLASSIFIER_KIND",
-    "HEADS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "OUTPUTS",
     "RESUMABLE_CLASSIFIER_FIELDS",
-    "STATE_KIND",
     "ClassifierConfig",
     "ClassifierTrainer",
-    "EnsembleClassifier",
-    "TinyCNN",
-    "WeightsUnavailableError",
-    "build_backbone",
-    "build_torchvision_classifier",
-    "eval_transform",
-    "list_backbones",
-    "load_classifier",
-    "load_torchvision_weights",
-    "save_classifier",
     "train_classifier",
-    "train_transform",
+    *_classifiers.__all__,
 ]
 
 
