@@ -6,7 +6,6 @@ The training itself is ``cfaug.training.mask_estimator.train_mask_estimator``; i
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,13 @@ import torch
 from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.mnist import MnistBackend
 from cfaug.datasets.mnist_variants import VARIANTS
-from cfaug.engine import training_scope
+from cfaug.engine import run_environment, training_scope
 from cfaug.training.mask_estimator import (
     DEFAULT_HARD_FRACTION,
     DEFAULT_JITTER,
     mask_iou,
     train_mask_estimator,
 )
-from cfaug.version import __version__
 
 __all__ = ["add_train_mask_estimator_arguments", "run_train_mask_estimator"]
 
@@ -135,11 +133,7 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "images": args.steps * args.batch_size,
             "seconds": round(seconds, 1),
-            "device": str(args.device),
-            "threads": torch.get_num_threads(),
-            "cfaug_version": __version__,
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
+            **run_environment(args.device),
         }
         measured = {"variant": args.variant, "split": "test", **metrics}
         backend.cpu().save(out, metrics={"mask_iou": measured}, recipe=recipe, training=training)
