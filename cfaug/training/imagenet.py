@@ -676,11 +676,11 @@ def train_cgn_imagenet(config: ImageNetTrainConfig, run_dir: str | os.PathLike[s
 
     Args:
         config: the recipe, e.g. ``get_imagenet_preset("authors", biggan="weights/biggan-deep-256")``.
-        run_dir: the run folder (created if needed); see the module documentation for its layout.
-        resume: continue from the run folder's checkpoint. With ``False`` an existing checkpoint is an error.
+        run_dir: the run folder, created if needed and laid out as the module documentation shows.
+        resume: continue from the checkpoint in the run folder; with ``False``, finding one is an error.
 
     Returns:
-        The path of ``final.safetensors``: load it with ``cfaug.load_backend("biggan", weights=path)``.
+        ``final.safetensors``, the trained CGN for ``cfaug.load_backend("biggan", weights=path)``.
 
     Raises:
         ValueError: the run folder holds a run with another recipe, or ``resume=False`` and it holds a run.
