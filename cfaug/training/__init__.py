@@ -31,10 +31,8 @@ from cfaug.training.classifier import (
     ClassifierTrainer,
     EnsembleClassifier,
     WeightsUnavailableError,
-    add_train_classifier_arguments,
     list_backbones,
     load_classifier,
-    run_train_classifier,
     save_classifier,
     train_classifier,
 )
@@ -68,23 +66,23 @@ __all__ = [
     "MaskCollapseError",
     "TrainConfig",
     "WeightsUnavailableError",
-    "add_train_classifier_arguments",
     "build_feature_network",
     "get_imagenet_preset",
     "get_preset",
     "list_backbones",
     "load_classifier",
-    "run_train_classifier",
     "save_classifier",
     "train_cgn_imagenet",
     "train_cgn_mnist",
     "train_classifier",
 ]
 
-# The argparse code of ``cfaug train mnist | imagenet`` moved to ``cfaug.cli.train_mnist`` and
-# ``cfaug.cli.train_imagenet``; these names stay importable from here, loaded on first use (cfaug.cli imports
-# this package, so importing it here at once would be circular).
+# The argparse code of ``cfaug train mnist | imagenet | classifier`` moved to ``cfaug.cli.train_*``; these names
+# stay importable from here, loaded on first use (cfaug.cli imports this package, so importing it here at once would
+# be circular, and it would load the whole command tree: evaluation, datasets, torchvision's models).
 _CLI_NAMES = {
+    "add_train_classifier_arguments": "train_classifier",
+    "run_train_classifier": "train_classifier",
     "add_train_mnist_arguments": "train_mnist",
     "run_train_mnist": "train_mnist",
     "add_train_imagenet_arguments": "train_imagenet",
