@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import math
 import os
 import tempfile
 from collections.abc import Generator, Iterable
@@ -50,6 +51,30 @@ def check_positive_int(value: Any, arg: str, *, allow_zero: bool = False) -> int
     if value < lowest:
         raise ValueError(f"`{arg}` should be an integer >= {lowest}, but got {value}.")
     return value
+
+
+def check_number(value: Any, arg: str, *, positive: bool = False, upper: float | None = None) -> float:
+    """Return ``value`` as a float after checking that it is a finite number >= 0 (> 0 if ``positive``).
+
+    NaN and infinities are refused (a NaN passes every ``<`` comparison, so it must be caught by name).
+
+    Args:
+        value: the value given by the user.
+        arg: the argument's name, used in the error message.
+        positive: refuse 0 as well.
+        upper: the largest accepted value, if any.
+
+    Raises:
+        TypeError: ``value`` is not a finite int or float (bools, NaN and infinities included).
+        ValueError: ``value`` is out of range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"`{arg}` should be a finite number, but got {type(value).__name__} {value!r}.")
+    if value < 0 or (positive and value == 0) or (upper is not None and value > upper):
+        bound = "> 0" if positive else ">= 0"
+        limit = f" and <= {upper}" if upper is not None else ""
+        raise ValueError(f"`{arg}` should be a number {bound}{limit}, but got {value!r}.")
+    return float(value)
 
 
 @contextlib.contextmanager

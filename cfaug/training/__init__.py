@@ -19,6 +19,10 @@ Examples:
 
 from __future__ import annotations
 
+from typing import Any
+
+from cfaug.models.feature_network import FeatureNetworkError, build_feature_network
+
 # None of these modules imports torchvision or pytorch_pretrained_biggan when it is imported (only when a network is
 # built), so importing cfaug.training stays cheap.
 from cfaug.training.classifier import (
@@ -27,24 +31,18 @@ from cfaug.training.classifier import (
     ClassifierTrainer,
     EnsembleClassifier,
     WeightsUnavailableError,
-    add_train_classifier_arguments,
     list_backbones,
     load_classifier,
-    run_train_classifier,
     save_classifier,
     train_classifier,
 )
-from cfaug.training.cli import add_train_mnist_arguments, run_train_mnist
 from cfaug.training.config import AUTHORS_PRESETS, PRESETS, RESUMABLE_FIELDS, TrainConfig, get_preset
-from cfaug.training.features import FeatureNetworkError, build_feature_network
 from cfaug.training.imagenet import (
     IMAGENET_PRESETS,
     IMAGENET_RESUMABLE_FIELDS,
     ImageNetTrainConfig,
     ImageNetTrainer,
-    add_train_imagenet_arguments,
     get_imagenet_preset,
-    run_train_imagenet,
     train_cgn_imagenet,
 )
 from cfaug.training.imagenet_losses import ImageNetCGNLoss
@@ -68,19 +66,33 @@ __all__ = [
     "MaskCollapseError",
     "TrainConfig",
     "WeightsUnavailableError",
-    "add_train_classifier_arguments",
-    "add_train_imagenet_arguments",
-    "add_train_mnist_arguments",
     "build_feature_network",
     "get_imagenet_preset",
     "get_preset",
     "list_backbones",
     "load_classifier",
-    "run_train_classifier",
-    "run_train_imagenet",
-    "run_train_mnist",
     "save_classifier",
     "train_cgn_imagenet",
     "train_cgn_mnist",
     "train_classifier",
 ]
+
+# The argparse code of ``cfaug train mnist | imagenet | classifier`` moved to ``cfaug.cli.train_*``; these names
+# stay importable from here, loaded on first use (cfaug.cli imports this package, so importing it here at once would
+# be circular, and it would load the whole command tree: evaluation, datasets, torchvision's models).
+_CLI_NAMES = {
+    "add_train_classifier_arguments": "train_classifier",
+    "run_train_classifier": "train_classifier",
+    "add_train_mnist_arguments": "train_mnist",
+    "run_train_mnist": "train_mnist",
+    "add_train_imagenet_arguments": "train_imagenet",
+    "run_train_imagenet": "train_imagenet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLI_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f"cfaug.cli.{_CLI_NAMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,28 +54,21 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import io
-import json
-import math
 import os
 import platform
-import signal
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
-from cfaug._utils import atomic_write, check_positive_int, verify_str_arg
-from cfaug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cfaug._utils import atomic_write
 from cfaug.distributed import (
     all_gather_objects,
     all_reduce_sum,
@@ -86,320 +79,51 @@ from cfaug.distributed import (
     distributed_session,
     fail_together,
 )
+from cfaug.engine import (
+    RunFolder,
+    check_resumable,
+    flatten_optimizer,
+    prefixed,
+    run_steps,
+    training_scope,
+    unflatten_optimizer,
+    unprefixed,
+)
+from cfaug.models import classifiers as _classifiers
+from cfaug.models.classifiers import *  # noqa: F403 (the networks' names, re-exported for old import paths)
 from cfaug.models.classifiers import (
-    CLASSIFIER_KIND,
     HEADS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     OUTPUTS,
     STATE_KIND,
     EnsembleClassifier,
-    TinyCNN,
-    WeightsUnavailableError,
-    build_backbone,
-    build_torchvision_classifier,
     eval_transform,
-    list_backbones,
-    load_classifier,
     load_torchvision_weights,
     save_classifier,
     train_transform,
 )
 from cfaug.seeding import mix_seed
-from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
-from cfaug.training._runs import (
-    check_resumable,
-    deferred_interrupt,
-    flatten_optimizer,
-    prefixed,
-    truncate_stats,
-    unflatten_optimizer,
-    unprefixed,
+from cfaug.training.classifier_config import RESUMABLE_CLASSIFIER_FIELDS, ClassifierConfig
+from cfaug.training.classifier_data import (
+    _INIT_STREAM,
+    _EvalItems,
+    _ignore_interrupts,
+    _image_folder,
+    _Schedule,
+    _StepBatches,
+    _TrainItems,
 )
-from cfaug.training.config import json_ready
 from cfaug.version import __version__
 
+# The networks' names are re-exported from cfaug.models.classifiers, where they now live (old import paths).
 __all__ = [
-    "CLASSIFIER_KIND",
-    "HEADS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "OUTPUTS",
     "RESUMABLE_CLASSIFIER_FIELDS",
-    "STATE_KIND",
     "ClassifierConfig",
     "ClassifierTrainer",
-    "EnsembleClassifier",
-    "TinyCNN",
-    "WeightsUnavailableError",
-    "add_train_classifier_arguments",
-    "build_backbone",
-    "build_torchvision_classifier",
-    "config_from_args",
-    "eval_transform",
-    "list_backbones",
-    "load_classifier",
-    "load_torchvision_weights",
-    "run_train_classifier",
-    "save_classifier",
     "train_classifier",
-    "train_transform",
+    *_classifiers.__all__,
 ]
-
-
-# Streams of the run seed: each kind of randomness has its own, so changing one leaves the others untouched.
-_INIT_STREAM, _REAL_ORDER_STREAM, _CF_ORDER_STREAM, _REAL_AUG_STREAM, _CF_AUG_STREAM = 1, 2, 3, 4, 5
-
-
-def _as_image(image: Any) -> Any:
-    """Tensors from a counterfactual dataset are images; say so, so v2 transforms treat them as such."""
-    if isinstance(image, torch.Tensor):
-        from torchvision import tv_tensors
-
-        return tv_tensors.Image(image)
-    return image
-
-
-def _image_folder(root: str, arg: str) -> Any:
-    from torchvision.datasets import ImageFolder
-
-    path = Path(root).expanduser()
-    layout = f"an ImageFolder: {path}/<class>/<image>.jpg, one sub-folder per class"
-    if not path.is_dir():
-        raise FileNotFoundError(f"`{arg}` folder {str(path)!r} does not exist; it should be {layout}.")
-    try:
-        return ImageFolder(str(path))
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"`{arg}` folder {str(path)!r} is not {layout} ({error}).") from error
-
-
-# ----------------------------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Everything that defines a training run of the invariant ensemble (see the field comments).
-
-    The defaults are the authors' recipe (notes 3.8) apart from the data paths. Build one and change fields with
-    ``dataclasses.replace``.
-
-    Raises:
-        TypeError, ValueError: a field has the wrong type or value (checked at construction).
-    """
-
-    # ---- data
-    real_root: str  # ImageFolder of real training images: <real_root>/<class>/<image>
-    counterfactual_root: str | None = None  # a dataset saved by `cfaug generate`; None: real images only
-    val_root: str | None = None  # ImageFolder of real validation images: top-1/top-5 after each epoch
-    counterfactual_val_root: str | None = None  # a saved counterfactual dataset: each head's accuracy per epoch
-    cf_ratio: float = 1.0  # counterfactual images per real image in a step (the authors' cf_ratio)
-    image_size: int = 224  # side of the random crops (training) and centre crops (validation)
-    # ---- model
-    backbone: str = "resnet50"  # see list_backbones(); "tiny_cnn" for tests and smoke runs
-    backbone_weights: str | None = "IMAGENET1K_V1"  # torchvision weights name, a file path, or None (random init)
-    download: bool = False  # allow downloading named backbone weights that are not in the torch hub cache
-    check_hash: bool = True  # check cached torchvision weights against the digest in their file name
-    frozen_bn: bool = True  # BatchNorm layers of the backbone stay in eval mode (the authors' setting)
-    # ---- optimisation
-    seed: int = 0  # seed of the head initialisation, the data order and every augmentation
-    epochs: int = 45  # passes over the real images
-    batch_size: int = 32  # real images per step, all processes together (the authors: 32 on 1 GPU)
-    lr: float = 1e-3  # SGD learning rate
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 1e-4  # SGD weight decay
-    lr_step_epochs: int = 15  # the learning rate is multiplied by lr_gamma every this many epochs
-    lr_gamma: float = 0.1
-    # ---- monitoring and output
-    log_every: int = 100  # steps between stats.jsonl lines
-    checkpoint_every: int = 1000  # steps between checkpoints (one is also written after every epoch)
-    # ---- execution (may change when a run is resumed)
-    device: str = "cpu"  # torch device; "cuda" means each process's own GPU (LOCAL_RANK) under torchrun
-    num_workers: int = 4  # DataLoader workers per process (image decoding and augmentation)
-    num_threads: int | None = None  # torch.set_num_threads for the run; None: leave as is
-    progress: bool = True  # show a progress bar (rank 0)
-
-    def __post_init__(self) -> None:
-        for name in ("real_root", "device", "backbone"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise TypeError(f"`{name}` should be a non-empty str, but got {getattr(self, name)!r}.")
-        for name in ("counterfactual_root", "val_root", "counterfactual_val_root", "backbone_weights"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise TypeError(f"`{name}` should be a non-empty str or None, but got {value!r}.")
-        verify_str_arg(self.backbone, "backbone", list_backbones())
-        for name in ("download", "check_hash", "frozen_bn", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"`{name}` should be a bool, but got {getattr(self, name)!r}.")
-        for name in ("image_size", "epochs", "batch_size", "lr_step_epochs", "log_every", "checkpoint_every"):
-            check_positive_int(getattr(self, name), name)
-        for name in ("seed", "num_workers"):
-            check_positive_int(getattr(self, name), name, allow_zero=True)
-        if self.num_threads is not None:
-            check_positive_int(self.num_threads, "num_threads")
-        for name, positive in (("lr", True), ("cf_ratio", True), ("lr_gamma", True)):
-            _check_number(getattr(self, name), name, positive=positive)
-        for name in ("momentum", "weight_decay"):
-            _check_number(getattr(self, name), name, positive=False)
-
-    @property
-    def cf_batch_size(self) -> int:
-        """Counterfactual images per step, all processes together (0 without counterfactuals)."""
-        if self.counterfactual_root is None:
-            return 0
-        return max(1, round(self.cf_ratio * self.batch_size))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-serialisable data."""
-        return json_ready(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierConfig:
-        """Rebuild a config written by ``to_dict`` (e.g. a run's ``config.json``).
-
-        Raises:
-            ValueError: ``data`` has keys that are not fields of this config.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown ClassifierConfig fields {unknown}; valid fields are {sorted(names)}.")
-        return cls(**dict(data))
-
-
-#: Fields that may differ between an interrupted run and its resumption: they change how long it runs, how it is
-#: observed or where it runs and reads from, not what it computes.
-RESUMABLE_CLASSIFIER_FIELDS: frozenset[str] = frozenset(
-    {
-        "epochs",
-        "log_every",
-        "checkpoint_every",
-        "device",
-        "num_workers",
-        "num_threads",
-        "progress",
-        "real_root",
-        "counterfactual_root",
-        "val_root",
-        "counterfactual_val_root",
-        "download",
-        "check_hash",
-    }
-)
-
-
-def _check_number(value: Any, name: str, *, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"`{name}` should be a finite number, but got {type(value).__name__} {value!r}.")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"`{name}` should be a number {'> 0' if positive else '>= 0'}, but got {value!r}.")
-
-
-# ------------------------------------------------------------------------------------------------------- data
-class _Schedule:
-    """Which items every step uses, and the seed of each item's augmentation: a function of (seed, step) only."""
-
-    def __init__(self, num_real: int, num_cf: int, batch_size: int, cf_batch_size: int, seed: int) -> None:
-        self.num_real, self.num_cf = num_real, num_cf
-        self.batch_size, self.cf_batch_size = batch_size, cf_batch_size
-        self.steps_per_epoch = num_real // batch_size
-        self._seeds = {
-            kind: mix_seed(seed, stream) for kind, stream in (("r", _REAL_ORDER_STREAM), ("c", _CF_ORDER_STREAM))
-        }
-        self._aug = {"r": mix_seed(seed, _REAL_AUG_STREAM), "c": mix_seed(seed, _CF_AUG_STREAM)}
-        self._permutations: dict[tuple[str, int], torch.Tensor] = {}
-
-    def _permutation(self, kind: str, epoch: int) -> torch.Tensor:
-        key = (kind, epoch)
-        if key not in self._permutations:
-            while len(self._permutations) > 3:
-                self._permutations.pop(next(iter(self._permutations)))
-            generator = torch.Generator().manual_seed(mix_seed(self._seeds[kind], epoch))
-            size = self.num_real if kind == "r" else self.num_cf
-            self._permutations[key] = torch.randperm(size, generator=generator)
-        return self._permutations[key]
-
-    def real(self, step: int) -> list[int]:
-        """The real items of ``step``: batch ``step % steps_per_epoch`` of epoch ``step // steps_per_epoch``."""
-        epoch, j = divmod(step, self.steps_per_epoch)
-        return self._permutation("r", epoch)[j * self.batch_size : (j + 1) * self.batch_size].tolist()
-
-    def counterfactual(self, step: int) -> list[int]:
-        """The counterfactual items of ``step``: the next ones of an endless stream of permutations."""
-        items = []
-        for position in range(step * self.cf_batch_size, (step + 1) * self.cf_batch_size):
-            epoch, offset = divmod(position, self.num_cf)
-            items.append(int(self._permutation("c", epoch)[offset]))
-        return items
-
-    def keys(self, step: int, rank: int, world_size: int) -> list[tuple[str, int, int]]:
-        """This rank's slice of the step's items, as ``(source, index, augmentation seed)``: real ones first."""
-        keys = []
-        for kind, items, per_step in (
-            ("r", self.real(step), self.batch_size),
-            ("c", self.counterfactual(step) if self.cf_batch_size else [], self.cf_batch_size),
-        ):
-            share = per_step // world_size
-            for j in range(rank * share, (rank + 1) * share):
-                # Seeded by the position in the stream, so a repeated image gets a fresh crop in every epoch.
-                keys.append((kind, items[j], mix_seed(self._aug[kind], step * per_step + j)))
-        return keys
-
-
-class _StepBatches(Sampler):
-    """Batch sampler: one list of keys per step, from ``start`` to ``stop``."""
-
-    def __init__(self, schedule: _Schedule, start: int, stop: int, rank: int, world_size: int) -> None:
-        self.schedule, self.start, self.stop = schedule, start, stop
-        self.rank, self.world_size = rank, world_size
-
-    def __iter__(self) -> Iterator[list[tuple[str, int, int]]]:
-        for step in range(self.start, self.stop):
-            yield self.schedule.keys(step, self.rank, self.world_size)
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-
-class _TrainItems(Dataset):
-    """Real and counterfactual items, each augmented with its own seed; labels as ``(shape, texture, background)``."""
-
-    def __init__(self, real: Any, counterfactual: Any, transform: Any) -> None:
-        self.real, self.counterfactual, self.transform = real, counterfactual, transform
-
-    def __len__(self) -> int:
-        return len(self.real) + (len(self.counterfactual) if self.counterfactual is not None else 0)
-
-    def __getitem__(self, key: tuple[str, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        source, index, seed = key
-        if source == "r":
-            image, label = self.real[index]
-            labels = (label, label, label)
-        else:
-            image, labels = self.counterfactual[index]
-        # torchvision's v2 transforms draw from the global CPU generator; seeding it per item makes the crop and
-        # flip a function of the item's key, whatever process or worker applies them.
-        torch.random.default_generator.manual_seed(seed)
-        return self.transform(_as_image(image)), torch.tensor(labels, dtype=torch.int64)
-
-
-class _EvalItems(Dataset):
-    def __init__(self, dataset: Any, indices: list[int], transform: Any) -> None:
-        self.dataset, self.indices, self.transform = dataset, indices, transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.dataset[self.indices[k]]
-        labels = label if isinstance(label, tuple) else (label, label, label)
-        return self.transform(_as_image(image)), torch.tensor(labels, dtype=torch.int64)
-
-
-def _ignore_interrupts(worker_id: int) -> None:
-    """DataLoader worker setup: Ctrl-C reaches the whole process group, but only the main process acts on it.
-
-    A worker killed by the signal would make the main process fail with "DataLoader worker exited unexpectedly"
-    before it could finish its step and save the run.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
@@ -423,9 +147,11 @@ class ClassifierTrainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.checkpoint_path = self.run_dir / "checkpoints" / "latest.safetensors"
-        self.final_path = self.run_dir / "final.safetensors"
-        self.stats_path = self.run_dir / "stats.jsonl"
+        #: the run folder (cfaug.engine); ``fit`` tells it whether this process writes.
+        self.folder = RunFolder(self.run_dir, kind=STATE_KIND, writer="train_classifier")
+        self.checkpoint_path = self.folder.checkpoint_path
+        self.final_path = self.folder.final_path
+        self.stats_path = self.folder.stats_path
         #: the trained ensemble (unwrapped), set by ``fit``.
         self.model: EnsembleClassifier | None = None
         self.step = 0
@@ -447,35 +173,29 @@ class ClassifierTrainer:
             KeyboardInterrupt: Ctrl-C; the step in progress was finished and checkpointed.
         """
         config = self.config
-        previous_threads = torch.get_num_threads()
-        if config.num_threads is not None:
-            torch.set_num_threads(config.num_threads)
         device = torch.device(config.device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        try:
-            with distributed_session(backend) as info:
-                self.info = info
-                self.device = device_for_rank(device, info)
-                if self.device.type == "cuda":
-                    torch.cuda.set_device(self.device)
-                forked = [self.device.index or 0] if self.device.type == "cuda" else []
-                with torch.random.fork_rng(devices=forked):
-                    # Every step of the setup that can fail on one rank only (a missing folder, a bad checkpoint)
-                    # runs before the first collective that not all ranks would reach.
-                    if config.download and config.backbone_weights is not None:
-                        # One download per machine; the other processes then find the file in the hub cache.
-                        with fail_together("downloading the backbone weights"):
-                            if info.local_rank == 0:
-                                load_torchvision_weights(config.backbone, config.backbone_weights, download=True)
-                    with fail_together("setting up the run"):
-                        self._setup()
-                    self.ddp: nn.Module = self.model
-                    if info.is_distributed:
-                        device_ids = [self.device.index] if self.device.type == "cuda" else None
-                        self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
-                    return self._train()
-        finally:
-            torch.set_num_threads(previous_threads)
+        with distributed_session(backend) as info:
+            self.info = info
+            self.folder.is_main = info.is_main
+            self.device = device_for_rank(device, info)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            with training_scope(config.num_threads, self.device):
+                # Every step of the setup that can fail on one rank only (a missing folder, a bad checkpoint)
+                # runs before the first collective that not all ranks would reach.
+                if config.download and config.backbone_weights is not None:
+                    # One download per machine; the other processes then find the file in the hub cache.
+                    with fail_together("downloading the backbone weights"):
+                        if info.local_rank == 0:
+                            load_torchvision_weights(config.backbone, config.backbone_weights, download=True)
+                with fail_together("setting up the run"):
+                    self._setup()
+                self.ddp: nn.Module = self.model
+                if info.is_distributed:
+                    device_ids = [self.device.index] if self.device.type == "cuda" else None
+                    self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+                return self._train()
 
     # ------------------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -483,11 +203,7 @@ class ClassifierTrainer:
         configs = all_gather_objects(config.to_dict())
         if any(other != configs[0] for other in configs):
             raise ValueError("The processes of the job were given different configs; give every rank the same.")
-        if self.checkpoint_path.exists() and not self.resume:
-            raise ValueError(
-                f"{str(self.run_dir)!r} already holds a run (checkpoints/latest.safetensors); pass resume=True "
-                "to continue it or choose a new run folder."
-            )
+        self.folder.refuse_unless_resuming(self.resume)
         batch, cf_batch = config.batch_size, config.cf_batch_size
         for name, value in (("batch_size", batch), ("counterfactual images per step", cf_batch)):
             if value % info.world_size:
@@ -522,17 +238,10 @@ class ClassifierTrainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
-        if self.checkpoint_path.exists():
+        if self.folder.has_state():
             self._load_state()
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.step == 0:
-                self.stats_path.unlink(missing_ok=True)
-            else:
-                truncate_stats(self.stats_path, self.step)
-            with atomic_write(self.run_dir / "config.json", "w") as handle:
-                json.dump({"config": config.to_dict(), "resolved": self.resolved()}, handle, indent=2)
-                handle.write("\n")
+        self.folder.start_stats(self.step)
+        self.folder.write_config({"config": config.to_dict(), "resolved": self.resolved()})
 
     def _counterfactual_dataset(self, root: str | None, arg: str) -> Any:
         if root is None:
@@ -574,24 +283,19 @@ class ClassifierTrainer:
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _save_state(self) -> None:
-        if not self.info.is_main:
-            return
         optimizer_tensors, optimizer_meta = flatten_optimizer("optimizer", self.optimizer)
         tensors = {**prefixed("model", self.model), **optimizer_tensors}
         meta = {
-            "kind": STATE_KIND,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "config": self.config.to_dict(),
             "optimizer": optimizer_meta,
         }
-        save_checkpoint(self.checkpoint_path, tensors, meta)
+        self.folder.save_state(tensors, meta)  # rank 0 writes; the meta gets the folder's kind first
 
     def _load_state(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        checkpoint = self.folder.load_state(map_location=self.device)
         meta = checkpoint.meta
-        if meta.get("kind") != STATE_KIND:
-            raise CheckpointError(f"{str(self.checkpoint_path)!r} is not a classifier training state.")
         check_resumable(ClassifierConfig.from_dict(meta["config"]), self.config, RESUMABLE_CLASSIFIER_FIELDS)
         tensors = checkpoint.state_dict
         self.model.load_state_dict(unprefixed("model", tensors), strict=True)
@@ -613,59 +317,89 @@ class ClassifierTrainer:
         )
 
     def _train(self) -> Path:
-        from tqdm.auto import tqdm
-
         config, info = self.config, self.info
         if self.step >= self.total_steps:
             return self._finish(export=not self.final_path.is_file())
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            desc="classifier",
-            unit="step",
-            disable=not (config.progress and info.is_main),
-            dynamic_ncols=True,
-        )
-        real_share = config.batch_size // info.world_size
+        self._real_share = config.batch_size // info.world_size
         # Sums of the interval, kept on the device (no synchronisation per step): real loss, real hits, real
         # images, counterfactual loss, hits of the shape, texture and background heads.
-        sums = torch.zeros(7, dtype=torch.float64, device=self.device)
-        interval_start, interval_steps = time.perf_counter(), 0
+        self._sums = torch.zeros(7, dtype=torch.float64, device=self.device)
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
         self.ddp.train()
-        with bar, deferred_interrupt() as interrupted:
-            for images, labels in self._loader():
-                started = time.perf_counter()
-                if self.step == 0 and info.is_main:
-                    self._save_first_batch(images[:real_share], images[real_share:])
-                epoch = self.step // self.schedule.steps_per_epoch
-                for group in self.optimizer.param_groups:
-                    group["lr"] = config.lr * config.lr_gamma ** (epoch // config.lr_step_epochs)
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
-                sums += self._train_step(images, labels, real_share)
-                self.step += 1
-                self.train_seconds += time.perf_counter() - started
-                interval_steps += 1
-                bar.update(1)
-                end_of_epoch = self.step % self.schedule.steps_per_epoch == 0
-                if self.step % config.log_every == 0 or end_of_epoch:
-                    self._log(sums, interval_steps, time.perf_counter() - interval_start)
-                    sums.zero_()
-                    interval_start, interval_steps = time.perf_counter(), 0
-                if end_of_epoch:
-                    self._validate_and_log(self.step // self.schedule.steps_per_epoch)
-                    self.ddp.train()
+        self._batches = iter(self._loader())
+        # The epochs are one run of steps to the engine; the first batch is the only sample sheet.
+        cadence = SimpleNamespace(
+            steps=self.total_steps,
+            log_every=config.log_every,
+            sample_every=self.total_steps,
+            checkpoint_every=config.checkpoint_every,
+        )
+        try:
+            run_steps(
+                self,
+                cadence,
+                desc="classifier",
+                unit="step",
+                progress=config.progress and info.is_main,
+                interrupted_message=f"Training interrupted after step {{step}}; {self.checkpoint_path} holds the "
+                "state. Run the same command again to continue.",
                 # Every rank stops at the same step, even when Ctrl-C reached only some of them.
-                stop = any_rank(interrupted(), self.device)
-                if end_of_epoch or self.step % config.checkpoint_every == 0 or stop:
-                    self._save_state()
-                if stop:
-                    barrier()
-                    raise KeyboardInterrupt(
-                        f"Training interrupted after step {self.step}; {self.checkpoint_path} holds the state. "
-                        "Run the same command again to continue."
-                    )
+                stop_requested=lambda flag: any_rank(flag, self.device),
+                after_checkpoint=barrier,
+            )
+        finally:
+            del self._batches  # shuts the DataLoader workers down, also after Ctrl-C
         return self._finish()
+
+    # ---------------------------------------------------------------------------------- the engine's SteppedRun
+    def train_step(self) -> dict[str, float]:
+        """Train one step of the next batch; at the end of an epoch also log, validate and checkpoint."""
+        fetched = time.perf_counter()
+        images, labels = next(self._batches)
+        # train_seconds counts the step, not the wait for the DataLoader (the engine times both).
+        self.train_seconds -= time.perf_counter() - fetched
+        config, real_share = self.config, self._real_share
+        if self.step == 0 and self.info.is_main:
+            self._save_first_batch(images[:real_share], images[real_share:])
+        epoch = self.step // self.schedule.steps_per_epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr * config.lr_gamma ** (epoch // config.lr_step_epochs)
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        self._sums += self._train_step(images, labels, real_share)
+        self.step += 1
+        self._interval_steps += 1
+        if self.step % self.schedule.steps_per_epoch == 0:
+            self.log()
+            self._validate_and_log(self.step // self.schedule.steps_per_epoch)
+            self.ddp.train()
+            if self.step % config.checkpoint_every and self.step < self.total_steps:
+                # Every epoch ends with a checkpoint (the engine writes the ones of its own cadence).
+                self.save_state()
+                barrier()
+        return {}
+
+    def accumulate(self, values: dict[str, float], seconds: float) -> None:
+        """Nothing: ``train_step`` adds to the interval's sums on the device, without a synchronisation."""
+
+    def progress_postfix(self, values: dict[str, float]) -> dict[str, str]:
+        """Nothing: the progress bar shows steps only."""
+        return {}
+
+    def log(self) -> None:
+        """Write the interval's stats line (all ranks reduce; rank 0 writes) and start a new interval."""
+        if self._interval_steps == 0:  # the end of the epoch logged this step already
+            return
+        self._log(self._sums, self._interval_steps, time.perf_counter() - self._interval_start)
+        self._sums.zero_()
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+
+    def save_samples(self) -> None:
+        """Nothing: the first step's batch is the run's one sample sheet (``samples/first-batch.png``)."""
+
+    def save_state(self) -> None:
+        """Write the training state (rank 0)."""
+        self._save_state()
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor, real_share: int) -> torch.Tensor:
         """One optimiser step: the real batch, then the counterfactual batch, then SGD; return the sums to log."""
@@ -697,7 +431,7 @@ class ClassifierTrainer:
         return stats
 
     def _log(self, sums: torch.Tensor, steps: int, seconds: float) -> None:
-        config, info = self.config, self.info
+        config = self.config
         totals = all_reduce_sum(sums.clone()).cpu()
         real_images = float(totals[2])
         cf_images = float(config.cf_batch_size * steps)
@@ -715,9 +449,7 @@ class ClassifierTrainer:
             record["loss_counterfactual"] = float(totals[3]) / cf_images
             for k, head in enumerate(HEADS):
                 record[f"batch_top1_cf_{head}"] = float(totals[4 + k]) / cf_images
-        if info.is_main:
-            with open(self.stats_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+        self.folder.append_stats(record)
 
     def _save_first_batch(self, real: torch.Tensor, counterfactual: torch.Tensor) -> None:
         """A picture of what the network sees: the first step's augmented images, de-normalised."""
@@ -733,7 +465,7 @@ class ClassifierTrainer:
         pixels = canvas.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="PNG")
-        with atomic_write(self.run_dir / "samples" / "first-batch.png") as handle:
+        with atomic_write(self.folder.samples_dir / "first-batch.png") as handle:
             handle.write(buffer.getvalue())
 
     # ---------------------------------------------------------------------------------------------- validation
@@ -784,9 +516,7 @@ class ClassifierTrainer:
         if not record:
             return
         self.last_validation = record
-        if self.info.is_main:
-            with open(self.stats_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": self.step, "epoch": epoch, **record}) + "\n")
+        self.folder.append_stats({"step": self.step, "epoch": epoch, **record})
 
     # ------------------------------------------------------------------------------------------------- export
     def _finish(self, export: bool = True) -> Path:
@@ -833,64 +563,14 @@ def train_classifier(config: ClassifierConfig, run_dir: str | os.PathLike[str], 
     return ClassifierTrainer(config, run_dir, resume=resume).fit()
 
 
-# -------------------------------------------------------------------------------------------------------- CLI
-# Options with their own flag: (flag, ClassifierConfig field, type, help).
-_FLAGS: tuple[Flag, ...] = (
-    ("--counterfactual-root", "counterfactual_root", str, "a counterfactual dataset saved by `cfaug generate`"),
-    ("--val-root", "val_root", str, "ImageFolder of validation images (top-1/top-5 after each epoch)"),
-    ("--counterfactual-val-root", "counterfactual_val_root", str, "saved counterfactuals for per-head validation"),
-    ("--backbone", "backbone", str, "backbone architecture (default resnet50)"),
-    ("--epochs", "epochs", int, "passes over the real images (default 45)"),
-    ("--batch-size", "batch_size", int, "real images per step, all processes together (default 32)"),
-    ("--cf-ratio", "cf_ratio", float, "counterfactual images per real image (default 1.0)"),
-    ("--lr", "lr", float, "SGD learning rate (default 1e-3)"),
-    ("--image-size", "image_size", int, "crop size (default 224)"),
-    ("--seed", "seed", int, "run seed (default 0)"),
-    ("--device", "device", str, "torch device; cuda = each process's own GPU under torchrun (default cpu)"),
-    ("--num-workers", "num_workers", int, "DataLoader workers per process (default 4)"),
-    ("--num-threads", "num_threads", int, "torch CPU threads"),
-)
+# The command line lives in cfaug.cli.train_classifier; these names stay importable from here for old code, loaded
+# on first use because that module imports this one.
+_CLI_NAMES = ("add_train_classifier_arguments", "config_from_args", "run_train_classifier")
 
 
-def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``cfaug train classifier`` to ``parser`` and return it.
+def __getattr__(name: str) -> Any:
+    if name in _CLI_NAMES:
+        from cfaug.cli import train_classifier as cli
 
-    Examples:
-        >>> parser = add_train_classifier_arguments(argparse.ArgumentParser(prog="cfaug train classifier"))
-        >>> args = parser.parse_args(["--real-root", "in/train", "--run-dir", "runs/e", "--backbone-weights", "none"])
-        >>> config_from_args(args).backbone_weights is None
-        True
-    """
-    parser.add_argument("--real-root", required=True, help="ImageFolder of real training images (<root>/<class>/*)")
-    parser.add_argument("--run-dir", required=True, help="run folder (created; an existing run is resumed)")
-    add_config_flags(parser, _FLAGS)
-    parser.add_argument(
-        "--backbone-weights",
-        default=None,
-        help="torchvision weights name (default IMAGENET1K_V1), a weights file, or 'none' for a random backbone",
-    )
-    parser.add_argument("--download", action="store_true", help="download named backbone weights if not cached")
-    parser.add_argument(
-        "--no-frozen-bn", dest="frozen_bn", action="store_false", default=True, help="let BatchNorm statistics train"
-    )
-    add_run_options(parser, "ClassifierConfig", "lr_step_epochs=10")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> ClassifierConfig:
-    """The ClassifierConfig that parsed ``cfaug train classifier`` arguments describe (flags, then ``--set``)."""
-    extra: dict[str, Any] = {"download": args.download, "frozen_bn": args.frozen_bn}
-    if args.backbone_weights is not None:
-        extra["backbone_weights"] = None if args.backbone_weights.lower() == "none" else args.backbone_weights
-    changes = config_changes(args, _FLAGS, ClassifierConfig, extra, lists_as_tuples=False)
-    return ClassifierConfig(real_root=args.real_root, **changes)
-
-
-def run_train_classifier(args: argparse.Namespace) -> int:
-    """Run ``cfaug train classifier`` (in every torchrun process); rank 0 prints the exported checkpoint's path."""
-    trainer = ClassifierTrainer(config_from_args(args), args.run_dir, resume=args.resume)
-    final = trainer.fit()
-    if trainer.info.is_main:
-        print(f"Exported classifier: {final}")
-        print(f"Load it with: cfaug.training.classifier.load_classifier({str(final)!r})")
-    return 0
+        return getattr(cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

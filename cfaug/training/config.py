@@ -9,12 +9,12 @@ authors' value or ours, and why.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from cfaug._utils import check_positive_int, verify_str_arg
+from cfaug._utils import verify_str_arg
 from cfaug.datasets.mnist_variants import VARIANTS
+from cfaug.engine.config import Config, choice, integer, json_ready, number, setting, text  # noqa: F401 (json_ready: old path)
 
 __all__ = [
     "AUTHORS_PRESETS",
@@ -26,154 +26,151 @@ __all__ = [
     "get_preset",
 ]
 
-#: The MNIST variants a CGN can be trained on (the dataset classes of ``cfaug.datasets.mnist_variants``).
 #: What to do when the mask collapse detector fires.
 COLLAPSE_ACTIONS: tuple[str, ...] = ("raise", "warn", "log")
 _FEATURE_NETS = ("auto", "imagenet", "random")
+# The field checks TrainConfig uses most.
+_COUNT = integer(low=0)
+_POSITIVE = number(positive=True)
+_WEIGHT = number()
+_FRACTION = number(upper=1.0)
+
+
+# Field checks of the tuple fields, shared by the MNIST and ImageNet CGN configs.
+def check_betas(value: Any, name: str) -> tuple[float, float]:
+    """Adam's two betas, each in [0, 1)."""
+    betas = tuple(value)
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"`{name}` should be two numbers in [0, 1), but got {value!r}.")
+    return (float(betas[0]), float(betas[1]))
+
+
+def check_layer_weights(value: Any, name: str) -> tuple[float, ...]:
+    """One non-negative weight per VGG16 style layer (relu1_2, relu2_2, relu3_3, relu4_3)."""
+    weights = tuple(value)
+    if len(weights) != 4 or not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
+    ):
+        raise ValueError(
+            f"`{name}` should be 4 non-negative numbers (relu1_2, relu2_2, relu3_3, relu4_3), but got {value!r}."
+        )
+    return tuple(float(w) for w in weights)
+
+
+def check_interval(value: Any, name: str) -> tuple[float, float] | None:
+    """An interval ``(low, high)`` with ``0 <= low <= high <= 1``, or ``None``."""
+    if value is None:
+        return None
+    low_high = tuple(value)
+    if (
+        len(low_high) != 2
+        or not all(isinstance(v, (int, float)) for v in low_high)
+        or not (0 <= low_high[0] <= low_high[1] <= 1)
+    ):
+        raise ValueError(f"`{name}` should be (low, high) with 0 <= low <= high <= 1, but got {value!r}.")
+    return (float(low_high[0]), float(low_high[1]))
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Everything that defines an MNIST CGN training run (see the field comments).
 
     Build one from a preset and change fields with ``dataclasses.replace``::
 
         config = dataclasses.replace(PRESETS["colored_mnist"], data_root="data", steps=2000)
 
+    Fields marked resumable may change when a run is resumed (``RESUMABLE_FIELDS``): they change how long it runs,
+    how it is observed or where it runs, not what it computes. (On another device the numbers differ at float
+    rounding.)
+
     Raises:
         TypeError, ValueError: a field has the wrong type or value (checked at construction).
     """
 
     # ---- data
-    variant: str = "colored_mnist"  # which MNIST variant to train on (see VARIANTS)
-    data_root: str = "data"  # folder that holds torchvision's MNIST/ (as torchvision.datasets.MNIST's root)
-    texture_root: str | None = None  # Wildlife MNIST texture folder ({object,background}/{k}_*.jpg); None: built-in
-    data_seed: int = 0  # seed of the dataset's per-item draws (colour jitter, texture crops)
-    train_images: int | None = None  # use only the first N images of the training split (tests, quick trials)
+    variant: str = setting("colored_mnist", check=choice(VARIANTS))  # which MNIST variant to train on
+    # folder that holds torchvision's MNIST/ (as torchvision.datasets.MNIST's root)
+    data_root: str = setting("data", check=text(what="a str path"), resumable=True)
+    # Wildlife MNIST texture folder ({object,background}/{k}_*.jpg); None: built-in
+    texture_root: str | None = setting(None, check=text(what="a str path", optional=True), resumable=True)
+    data_seed: int = setting(0, check=_COUNT)  # seed of the dataset's per-item draws (colour jitter, texture crops)
+    # use only the first N images of the training split (tests, quick trials)
+    train_images: int | None = setting(None, check=integer(optional=True))
     # ---- schedule
-    seed: int = 0  # seed of the initialisation, the data order and every per-step random draw
-    steps: int = 4000  # iterations; each is one generator update followed by one discriminator update
-    batch_size: int = 64  # real and generated images per iteration
-    lr: float = 2e-4  # Adam learning rate of generator and discriminator
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas of both
-    norm_lr_scale: float = 1.0  # learning-rate factor for the generator's BatchNorm weights and shifts
+    seed: int = setting(0, check=_COUNT)  # seed of the initialisation, the data order and every per-step draw
+    # iterations; each is one generator update followed by one discriminator update
+    steps: int = setting(4000, check=integer(), resumable=True)
+    batch_size: int = setting(64, check=integer())  # real and generated images per iteration
+    lr: float = setting(2e-4, check=_POSITIVE)  # Adam learning rate of generator and discriminator
+    betas: tuple[float, float] = setting((0.5, 0.999), check=check_betas)  # Adam betas of both
+    # learning-rate factor for the generator's BatchNorm weights and shifts
+    norm_lr_scale: float = setting(1.0, check=_POSITIVE)
     # ---- models
-    init_type: str = "orthogonal"  # generator initialisation: orthogonal | normal | xavier | kaiming | default
-    init_gain: float = 0.1  # its gain (orthogonal) or standard deviation (normal)
-    disc: str = "linear"  # discriminator: "linear" (DiscLin) or "conv" (DiscConv)
-    ndf: int | None = None  # discriminator width; None: 512 for linear, 32 for conv (the authors')
+    # generator initialisation: orthogonal | normal | xavier | kaiming | default
+    init_type: str = setting("orthogonal", check=choice(("orthogonal", "normal", "xavier", "kaiming", "default")))
+    init_gain: float = setting(0.1, check=_POSITIVE)  # its gain (orthogonal) or standard deviation (normal)
+    disc: str = setting("linear", check=choice(("linear", "conv")))  # discriminator: "linear" or "conv"
+    ndf: int | None = setting(None, check=integer(optional=True))  # discriminator width; None: 512 linear, 32 conv
     # ---- generator losses (added to the LSGAN loss, weight 1)
-    lambda_mask: float = 0.1  # weight of the mask's binary entropy (base 2)
-    style_weights: tuple[float, ...] = (0.05, 0.1, 0.01, 0.0)  # w per VGG16 layer relu1_2/2_2/3_3/4_3; uses w^2*5000
-    style_batch: int | None = None  # images per iteration in the style loss (the first ones); None: whole batch
-    feature_net: str = "auto"  # style loss network: auto | imagenet | random | path (see training.features)
-    mask_area: tuple[float, float] | None = None  # interval for the per-image mask area; None: no interval loss
-    lambda_area: float = 0.0  # weight of the mask area interval loss
-    border_width: int = 3  # width in pixels of the border band (border loss and collapse detector)
-    lambda_border: float = 0.0  # weight of the mask border penalty
-    mask_max_spread: float = 0.4  # largest spread (mass-weighted mean r^2 from the centre) without penalty
-    lambda_spread: float = 0.0  # weight of the mask spread penalty (losses.mask_spread_loss)
-    shape_teacher_steps: int = 0  # iterations to train the shape teacher (training.shape_teacher); 0: no teacher
-    lambda_shape: float = 0.0  # weight of the teacher's cross-entropy on the generated masks (needs a teacher)
+    lambda_mask: float = setting(0.1, check=_WEIGHT)  # weight of the mask's binary entropy (base 2)
+    # w per VGG16 layer relu1_2/2_2/3_3/4_3; the loss uses w^2*5000
+    style_weights: tuple[float, ...] = setting((0.05, 0.1, 0.01, 0.0), check=check_layer_weights)
+    # images per iteration in the style loss (the first ones); None: whole batch
+    style_batch: int | None = setting(None, check=integer(optional=True))
+    # style loss network: auto | imagenet | random | path (see training.features)
+    feature_net: str = setting("auto", check=text(what=f"one of {list(_FEATURE_NETS)} or a path (str)"))
+    # interval for the per-image mask area; None: no interval loss
+    mask_area: tuple[float, float] | None = setting(None, check=check_interval)
+    lambda_area: float = setting(0.0, check=_WEIGHT)  # weight of the mask area interval loss
+    border_width: int = setting(3, check=integer())  # width in pixels of the border band (border loss, detector)
+    lambda_border: float = setting(0.0, check=_WEIGHT)  # weight of the mask border penalty
+    # largest spread (mass-weighted mean r^2 from the centre) without penalty
+    mask_max_spread: float = setting(0.4, check=_POSITIVE)
+    lambda_spread: float = setting(0.0, check=_WEIGHT)  # weight of the mask spread penalty (losses.mask_spread_loss)
+    # iterations to train the shape teacher (training.shape_teacher); 0: no teacher
+    shape_teacher_steps: int = setting(0, check=_COUNT)
+    # weight of the teacher's cross-entropy on the generated masks (needs a teacher)
+    lambda_shape: float = setting(0.0, check=_WEIGHT)
     # ---- exported generator
-    ema_kimg: float = 0.0  # half-life of the generator EMA in thousands of images; 0: no EMA, export G itself
-    ema_rampup: float | None = 0.05  # the half-life is at most this fraction of the images seen so far; None: off
+    # half-life of the generator EMA in thousands of images; 0: no EMA, export G itself
+    ema_kimg: float = setting(0.0, check=_WEIGHT)
+    # the half-life is at most this fraction of the images seen so far; None: off
+    ema_rampup: float | None = setting(0.05, check=number(positive=True, optional=True))
     # ---- monitoring and output
-    log_every: int = 100  # iterations between stats.jsonl lines and collapse checks
-    sample_every: int = 500  # iterations between sample grids
-    checkpoint_every: int = 500  # iterations between checkpoints/latest.safetensors writes
-    probe_per_class: int = 8  # fixed-noise probe samples per class for mask statistics
-    collapse_action: str = "raise"  # raise | warn | log when the mask collapse detector fires
-    collapse_after: int = 1000  # iterations before the detector is armed (early masks are noise by design)
-    collapse_min_area: float = 0.02  # a class whose mean mask area is below this has collapsed (empty mask)
-    collapse_max_area: float = 0.9  # ... or above this (full mask)
-    collapse_max_border: float = 0.2  # ... or whose mean mask value in the border band is above this (frame mask)
-    collapse_max_spread: float = 0.45  # ... or whose mask mass lies this far out on average (inverted or frame mask)
-    collapse_min_diversity: float = 0.01  # ... or whose masks barely vary with the noise (per-pixel std below this)
-    collapse_max_similarity: float = 0.97  # ... or whose mean mask is this similar to another class's (merged)
-    collapse_min_shape_accuracy: float = 0.0  # ... or whose masks the shape teacher reads as the class less often
+    log_every: int = setting(100, check=integer(), resumable=True)  # iterations between stats lines, collapse checks
+    sample_every: int = setting(500, check=integer(), resumable=True)  # iterations between sample grids
+    # iterations between checkpoints/latest.safetensors writes
+    checkpoint_every: int = setting(500, check=integer(), resumable=True)
+    probe_per_class: int = setting(8, check=integer())  # fixed-noise probe samples per class for mask statistics
+    # raise | warn | log when the mask collapse detector fires
+    collapse_action: str = setting("raise", check=choice(COLLAPSE_ACTIONS), resumable=True)
+    # iterations before the detector is armed (early masks are noise by design)
+    collapse_after: int = setting(1000, check=_COUNT)
+    # a class whose mean mask area is below this has collapsed (empty mask)
+    collapse_min_area: float = setting(0.02, check=_FRACTION)
+    collapse_max_area: float = setting(0.9, check=_FRACTION)  # ... or above this (full mask)
+    # ... or whose mean mask value in the border band is above this (frame mask)
+    collapse_max_border: float = setting(0.2, check=_FRACTION)
+    # ... or whose mask mass lies this far out on average (inverted or frame mask)
+    collapse_max_spread: float = setting(0.45, check=_POSITIVE)
+    # ... or whose masks barely vary with the noise (per-pixel std below this)
+    collapse_min_diversity: float = setting(0.01, check=_WEIGHT)
+    # ... or whose mean mask is this similar to another class's (merged)
+    collapse_max_similarity: float = setting(0.97, check=_FRACTION)
+    # ... or whose masks the shape teacher reads as the class less often
+    collapse_min_shape_accuracy: float = setting(0.0, check=_FRACTION)
     # ---- execution (may change when a run is resumed)
-    device: str = "cpu"  # torch device of the run, e.g. "cuda"
-    num_threads: int | None = None  # torch.set_num_threads for the run; None: leave as is
-    progress: bool = True  # show a tqdm progress bar
+    # torch device of the run, e.g. "cuda"
+    device: str = setting("cpu", check=text(what="a str such as 'cpu' or 'cuda'"), resumable=True)
+    # torch.set_num_threads for the run; None: leave as is
+    num_threads: int | None = setting(None, check=integer(optional=True), resumable=True)
+    progress: bool = setting(True, resumable=True)  # show a tqdm progress bar
     # ---- bookkeeping
-    notes: dict[str, str] = field(default_factory=dict, compare=False)  # why each value was chosen (not used)
+    # why each value was chosen (not used)
+    notes: dict[str, str] = setting(factory=dict, compare=False, resumable=True)
 
-    def __post_init__(self) -> None:
-        verify_str_arg(self.variant, "variant", VARIANTS)
-        verify_str_arg(self.disc, "disc", ("linear", "conv"))
-        verify_str_arg(self.init_type, "init_type", ("orthogonal", "normal", "xavier", "kaiming", "default"))
-        verify_str_arg(self.collapse_action, "collapse_action", COLLAPSE_ACTIONS)
-        for name in (
-            "steps",
-            "batch_size",
-            "log_every",
-            "sample_every",
-            "checkpoint_every",
-            "probe_per_class",
-            "border_width",
-        ):
-            check_positive_int(getattr(self, name), name)
-        for name in ("seed", "data_seed", "collapse_after", "shape_teacher_steps"):
-            check_positive_int(getattr(self, name), name, allow_zero=True)
-        for name in ("train_images", "style_batch", "ndf", "num_threads"):
-            if getattr(self, name) is not None:
-                check_positive_int(getattr(self, name), name)
-        for name in ("lr", "init_gain", "norm_lr_scale", "mask_max_spread", "collapse_max_spread"):
-            _check_number(getattr(self, name), name, positive=True)
-        for name in (
-            "lambda_mask",
-            "lambda_area",
-            "lambda_border",
-            "lambda_spread",
-            "lambda_shape",
-            "ema_kimg",
-            "collapse_min_diversity",
-        ):
-            _check_number(getattr(self, name), name)
-        for name in (
-            "collapse_min_area",
-            "collapse_max_area",
-            "collapse_max_border",
-            "collapse_max_similarity",
-            "collapse_min_shape_accuracy",
-        ):
-            _check_number(getattr(self, name), name, upper=1.0)
-        if self.ema_rampup is not None:
-            _check_number(self.ema_rampup, "ema_rampup", positive=True)
-        if not isinstance(self.data_root, str):
-            raise TypeError(f"`data_root` should be a str path, but got {type(self.data_root).__name__}.")
-        if self.texture_root is not None and not isinstance(self.texture_root, str):
-            raise TypeError(f"`texture_root` should be a str path or None, but got {type(self.texture_root).__name__}.")
-        if not isinstance(self.feature_net, str):
-            raise TypeError(
-                f"`feature_net` should be one of {list(_FEATURE_NETS)} or a path (str), "
-                f"but got {type(self.feature_net).__name__}."
-            )
-        if not isinstance(self.device, str):
-            raise TypeError(f"`device` should be a str such as 'cpu' or 'cuda', but got {type(self.device).__name__}.")
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"`betas` should be two numbers in [0, 1), but got {self.betas!r}.")
-        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
-        weights = tuple(self.style_weights)
-        if len(weights) != 4 or not all(isinstance(w, (int, float)) and w >= 0 for w in weights):
-            raise ValueError(
-                f"`style_weights` should be 4 non-negative numbers (relu1_2, relu2_2, relu3_3, relu4_3), "
-                f"but got {self.style_weights!r}."
-            )
-        object.__setattr__(self, "style_weights", tuple(float(w) for w in weights))
-        if self.mask_area is not None:
-            low_high = tuple(self.mask_area)
-            if (
-                len(low_high) != 2
-                or not all(isinstance(v, (int, float)) for v in low_high)
-                or not (0 <= low_high[0] <= low_high[1] <= 1)
-            ):
-                raise ValueError(
-                    f"`mask_area` should be (low, high) with 0 <= low <= high <= 1, but got {self.mask_area!r}."
-                )
-            object.__setattr__(self, "mask_area", (float(low_high[0]), float(low_high[1])))
+    def validate(self) -> None:
+        """The checks of the fields that depend on each other."""
         if self.lambda_shape > 0 and self.shape_teacher_steps == 0:
             raise ValueError("`lambda_shape` is positive but `shape_teacher_steps` is 0; the loss needs a teacher.")
         if self.collapse_min_shape_accuracy > 0 and self.shape_teacher_steps == 0:
@@ -194,63 +191,9 @@ class TrainConfig:
         if 2 * self.border_width > 32:
             raise ValueError(f"`border_width` should be at most 16 for 32x32 images, but got {self.border_width}.")
 
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-serialisable data (tuples become lists)."""
-        return json_ready(dataclasses.asdict(self))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild a config written by ``to_dict`` (e.g. a run's ``config.json``).
-
-        Raises:
-            ValueError: ``data`` has keys that are not fields of this config.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown TrainConfig fields {unknown}; valid fields are {sorted(names)}.")
-        values = dict(data)
-        for key in ("betas", "style_weights", "mask_area"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-
-#: Fields that may differ between an interrupted run and its resumption: they change how long it runs, how it is
-#: observed or where it runs, not what it computes. (On another device the numbers differ at float rounding.)
-RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {
-        "steps",
-        "log_every",
-        "sample_every",
-        "checkpoint_every",
-        "collapse_action",
-        "device",
-        "num_threads",
-        "progress",
-        "notes",
-        "data_root",
-        "texture_root",
-    }
-)
-
-
-def json_ready(value: Any) -> Any:
-    """Tuples to lists, recursively, so that the value round-trips through JSON unchanged."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
-
-
-def _check_number(value: Any, name: str, *, positive: bool = False, upper: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"`{name}` should be a finite number, but got {type(value).__name__} {value!r}.")
-    if value < 0 or (positive and value == 0) or (upper is not None and value > upper):
-        bound = "> 0" if positive else ">= 0"
-        limit = f" and <= {upper}" if upper is not None else ""
-        raise ValueError(f"`{name}` should be a number {bound}{limit}, but got {value!r}.")
+#: Fields that may differ between an interrupted run and its resumption (declared ``resumable`` in ``TrainConfig``).
+RESUMABLE_FIELDS: frozenset[str] = TrainConfig.resumable_fields()
 
 
 # ------------------------------------------------------------------------------------------- presets

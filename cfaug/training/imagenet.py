@@ -31,16 +31,13 @@ writes files.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
 import io
-import json
 import os
-import platform
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cfaug._utils import atomic_write, check_positive_int, verify_str_arg
+from cfaug._utils import atomic_write, verify_str_arg
 from cfaug.backends.biggan import (
     AUTOCAST_DTYPES,
     U2NET_VARIANTS,
@@ -58,24 +55,29 @@ from cfaug.backends.biggan import (
     load_biggan,
     truncated_noise,
 )
-from cfaug.checkpoint import load_checkpoint, save_checkpoint
-from cfaug.distributed import any_rank, barrier, device_for_rank
-from cfaug.functional import composite
-from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
-from cfaug.training._options import Flag, add_config_flags, add_run_options, config_changes
-from cfaug.training._runs import (
+from cfaug.distributed import any_rank, barrier, device_for_rank, distributed_session
+from cfaug.engine import (
+    Config,
+    RunFolder,
     check_resumable,
+    choice,
     flatten_optimizer,
+    integer,
+    number,
     prefixed,
+    run_environment,
     run_steps,
-    truncate_stats,
+    setting,
+    text,
+    training_scope,
     unflatten_optimizer,
     unprefixed,
 )
-from cfaug.training.config import json_ready
-from cfaug.training.features import VGG16_LAYER_INDICES, build_feature_network
+from cfaug.functional import composite
+from cfaug.models.feature_network import VGG16_LAYER_INDICES, build_feature_network
+from cfaug.seeding import index_seeds, mix_seed, per_sample_randint
+from cfaug.training.config import check_betas, check_interval, check_layer_weights
 from cfaug.training.imagenet_losses import ImageNetCGNLoss, texture_patch_grid
-from cfaug.version import __version__
 
 __all__ = [
     "AUTHORS_SAMPLE_CLASSES",
@@ -84,10 +86,7 @@ __all__ = [
     "IMAGENET_RESUMABLE_FIELDS",
     "ImageNetTrainConfig",
     "ImageNetTrainer",
-    "add_train_imagenet_arguments",
-    "config_from_args",
     "get_imagenet_preset",
-    "run_train_imagenet",
     "train_cgn_imagenet",
 ]
 
@@ -108,116 +107,91 @@ _NOISE_STREAM = 0  # per-sample seed -> the sample's noise u (the backend's own 
 
 
 # ------------------------------------------------------------------------------------------------ config
+def _interval(value: Any, name: str) -> tuple[float, float]:
+    if value is None:  # unlike the MNIST mask area, the interval loss is always on
+        raise ValueError(f"`{name}` should be (low, high) with 0 <= low <= high <= 1, but got None.")
+    return check_interval(value, name)
+
+
+def _truncation(value: Any, name: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"`{name}` should be a number in (0, 1], but got {value!r}.")
+    return value
+
+
 @dataclass(frozen=True)
-class ImageNetTrainConfig:
+class ImageNetTrainConfig(Config):
     """Everything that defines an ImageNet CGN training run (see the field comments).
 
     Start from a preset (``get_imagenet_preset("authors", ...)``) and change fields with ``dataclasses.replace``.
+    Fields marked resumable may change when a run is resumed (``IMAGENET_RESUMABLE_FIELDS``): they change how long
+    it runs, how it is observed or where it runs, not what it computes. The pretrained networks are read only when a
+    run starts (a resumed run takes them from its checkpoint), so their location may change too.
 
     Raises:
         TypeError, ValueError: a field has the wrong type or value (checked at construction).
     """
 
     # ---- networks
-    biggan: str = "biggan-deep-256"  # pretrained BigGAN: a folder (config.json + pytorch_model.bin) or a name
-    u2net: str = "u2net"  # U2-Net variant: u2net (the authors') | u2netp | tiny
-    u2net_weights: str | None = "u2net"  # build_u2net weights: official name, file path, or None (random: tests)
-    feature_net: str = "imagenet"  # VGG16 of the style losses: imagenet (error when absent) | random | path | auto
+    # pretrained BigGAN: a folder (config.json + pytorch_model.bin) or a name
+    biggan: str = setting("biggan-deep-256", check=text(), resumable=True)
+    u2net: str = setting("u2net", check=choice(U2NET_VARIANTS))  # U2-Net variant: u2net (the authors') | u2netp | tiny
+    # build_u2net weights: official name, file path, or None (random: tests)
+    u2net_weights: str | None = setting("u2net", check=text(optional=True), resumable=True)
+    # VGG16 of the style losses: imagenet (error when absent) | random | path | auto
+    feature_net: str = setting("imagenet", check=text())
     # ---- schedule
-    seed: int = 0  # seed of every per-sample draw (classes, noise, texture patches)
-    steps: int = 300  # optimiser steps (the authors' episodes)
-    batch_size: int = 1  # samples per forward pass, over all processes (divisible by the world size)
-    accumulation: int = 4000  # forward/backward passes per optimiser step; gradients are summed over them
-    truncation: float = 1.0  # truncation of the training noise (also selects BigGAN's BatchNorm statistics)
+    seed: int = setting(0, check=integer(low=0))  # seed of every per-sample draw (classes, noise, texture patches)
+    steps: int = setting(300, check=integer(), resumable=True)  # optimiser steps (the authors' episodes)
+    # samples per forward pass, over all processes (divisible by the world size)
+    batch_size: int = setting(1, check=integer())
+    # forward/backward passes per optimiser step; gradients are summed over them
+    accumulation: int = setting(4000, check=integer())
+    # truncation of the training noise (also selects BigGAN's BatchNorm statistics)
+    truncation: float = setting(1.0, check=_truncation)
     # ---- losses (the authors' imagenet/config.py)
-    lambda_l1: float = 100.0  # weight of mean|x_gen - x_gt|
-    perceptual_weights: tuple[float, ...] = (4.0, 4.0, 4.0, 4.0)  # reconstruction style w per relu1_2..relu4_3
-    lambda_binary: float = 300.0  # weight of the mask's binary entropy
-    lambda_mask: float = 500.0  # weight of the mask-area interval loss
-    mask_interval: tuple[float, float] = (0.1, 0.9)  # the mask area interval (tau, tau')
-    texture_weights: tuple[float, ...] = (0.0, 5.0, 5.0, 0.0)  # texture style w per relu1_2..relu4_3
-    lambda_background: float = 2000.0  # weight of the background's mean U2-Net saliency
-    patch_size: int = 15  # texture patch grid: window side at patch_work_size
-    patch_pool: int = 100  # ... windows with the highest mask mean to draw from
-    patch_grid: int = 6  # ... grid x grid windows per mosaic
-    patch_work_size: int = 128  # ... side image and mask are resized to before cutting windows
+    lambda_l1: float = setting(100.0, check=number())  # weight of mean|x_gen - x_gt|
+    # reconstruction style w per relu1_2..relu4_3
+    perceptual_weights: tuple[float, ...] = setting((4.0, 4.0, 4.0, 4.0), check=check_layer_weights)
+    lambda_binary: float = setting(300.0, check=number())  # weight of the mask's binary entropy
+    lambda_mask: float = setting(500.0, check=number())  # weight of the mask-area interval loss
+    mask_interval: tuple[float, float] = setting((0.1, 0.9), check=_interval)  # the mask area interval (tau, tau')
+    # texture style w per relu1_2..relu4_3
+    texture_weights: tuple[float, ...] = setting((0.0, 5.0, 5.0, 0.0), check=check_layer_weights)
+    lambda_background: float = setting(2000.0, check=number())  # weight of the background's mean U2-Net saliency
+    patch_size: int = setting(15, check=integer())  # texture patch grid: window side at patch_work_size
+    patch_pool: int = setting(100, check=integer())  # ... windows with the highest mask mean to draw from
+    patch_grid: int = setting(6, check=integer())  # ... grid x grid windows per mosaic
+    patch_work_size: int = setting(128, check=integer())  # ... side image and mask are resized to before cutting
     # ---- optimisers (one Adam per mechanism)
-    lr_shape: float = 8e-6  # learning rate of f_shape
-    lr_texture: float = 3e-5  # learning rate of f_text (the paper says 1e-5)
-    lr_background: float = 1e-5  # learning rate of f_bg
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas of all three
+    lr_shape: float = setting(8e-6, check=number(positive=True))  # learning rate of f_shape
+    lr_texture: float = setting(3e-5, check=number(positive=True))  # learning rate of f_text (the paper: 1e-5)
+    lr_background: float = setting(1e-5, check=number(positive=True))  # learning rate of f_bg
+    betas: tuple[float, float] = setting((0.9, 0.999), check=check_betas)  # Adam betas of all three
     # ---- monitoring and output
-    log_every: int = 1  # optimiser steps between stats.jsonl lines
-    sample_every: int = 1  # optimiser steps between sample sheets
-    checkpoint_every: int = 1  # optimiser steps between checkpoints/latest.safetensors writes
-    sample_classes: tuple[int, ...] | None = AUTHORS_SAMPLE_CLASSES  # rows of the sheets; None: first 11 classes
-    export_truncation: float = 0.5  # truncation stored in final.safetensors (the authors generate at 0.5)
+    log_every: int = setting(1, check=integer(), resumable=True)  # optimiser steps between stats.jsonl lines
+    sample_every: int = setting(1, check=integer(), resumable=True)  # optimiser steps between sample sheets
+    # optimiser steps between checkpoints/latest.safetensors writes
+    checkpoint_every: int = setting(1, check=integer(), resumable=True)
+    # rows of the sheets; None: first 11 classes
+    sample_classes: tuple[int, ...] | None = setting(AUTHORS_SAMPLE_CLASSES, resumable=True)
+    # truncation stored in final.safetensors (the authors generate at 0.5)
+    export_truncation: float = setting(0.5, check=_truncation, resumable=True)
     # ---- execution (may change when a run is resumed)
-    device: str = "cpu"  # torch device, e.g. "cuda" (each torchrun rank takes cuda:LOCAL_RANK)
-    amp: str | None = None  # "bf16": autocast the forward passes on a GPU (the CPU stays float32); None: float32
-    num_threads: int | None = None  # torch.set_num_threads for the run; None: leave as is
-    progress: bool = True  # show a tqdm progress bar (rank 0)
+    # torch device, e.g. "cuda" (each torchrun rank takes cuda:LOCAL_RANK)
+    device: str = setting("cpu", check=text(), resumable=True)
+    # "bf16": autocast the forward passes on a GPU (the CPU stays float32); None: float32. fp16 training would need
+    # loss scaling against underflowing gradients; bf16 has float32's range.
+    amp: str | None = setting(None, check=choice(("bf16",), optional=True), resumable=True)
+    # torch.set_num_threads for the run; None: leave as is
+    num_threads: int | None = setting(None, check=integer(optional=True), resumable=True)
+    progress: bool = setting(True, resumable=True)  # show a tqdm progress bar (rank 0)
     # ---- bookkeeping
-    notes: dict[str, str] = field(default_factory=dict, compare=False)  # why values were chosen (not used)
+    # why values were chosen (not used)
+    notes: dict[str, str] = setting(factory=dict, compare=False, resumable=True)
 
-    def __post_init__(self) -> None:
-        verify_str_arg(self.u2net, "u2net", U2NET_VARIANTS)
-        if self.amp is not None:
-            # fp16 training would need loss scaling against underflowing gradients; bf16 has float32's range.
-            verify_str_arg(self.amp, "amp", ("bf16",))
-        for name in ("biggan", "feature_net", "device"):
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"`{name}` should be a str, but got {type(getattr(self, name)).__name__}.")
-        if self.u2net_weights is not None and not isinstance(self.u2net_weights, str):
-            raise TypeError(f"`u2net_weights` should be a str or None, but got {type(self.u2net_weights).__name__}.")
-        for name in (
-            "steps",
-            "batch_size",
-            "accumulation",
-            "patch_size",
-            "patch_pool",
-            "patch_grid",
-            "patch_work_size",
-            "log_every",
-            "sample_every",
-            "checkpoint_every",
-        ):
-            check_positive_int(getattr(self, name), name)
-        check_positive_int(self.seed, "seed", allow_zero=True)
-        if self.num_threads is not None:
-            check_positive_int(self.num_threads, "num_threads")
-        for name in ("truncation", "export_truncation"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ValueError(f"`{name}` should be a number in (0, 1], but got {value!r}.")
-        for name in ("lambda_l1", "lambda_binary", "lambda_mask", "lambda_background"):
-            _check_number(getattr(self, name), name)
-        for name in ("lr_shape", "lr_texture", "lr_background"):
-            _check_number(getattr(self, name), name, positive=True)
-        for name in ("perceptual_weights", "texture_weights"):
-            weights = tuple(getattr(self, name))
-            if len(weights) != 4 or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights
-            ):
-                raise ValueError(
-                    f"`{name}` should be 4 non-negative numbers (relu1_2, relu2_2, relu3_3, relu4_3), but got "
-                    f"{getattr(self, name)!r}."
-                )
-            object.__setattr__(self, name, tuple(float(w) for w in weights))
-        interval = tuple(self.mask_interval)
-        if (
-            len(interval) != 2
-            or not all(isinstance(v, (int, float)) for v in interval)
-            or not (0 <= interval[0] <= interval[1] <= 1)
-        ):
-            raise ValueError(
-                f"`mask_interval` should be (low, high) with 0 <= low <= high <= 1, but got {self.mask_interval!r}."
-            )
-        object.__setattr__(self, "mask_interval", (float(interval[0]), float(interval[1])))
-        betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"`betas` should be two numbers in [0, 1), but got {self.betas!r}.")
-        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+    def validate(self) -> None:
+        """The checks of the fields that depend on each other, and of the sample classes."""
         if self.patch_size > self.patch_work_size:
             raise ValueError(
                 f"`patch_size` ({self.patch_size}) should be at most `patch_work_size` ({self.patch_work_size})."
@@ -231,55 +205,9 @@ class ImageNetTrainConfig:
                 )
             object.__setattr__(self, "sample_classes", classes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-serialisable data (tuples become lists)."""
-        return json_ready(dataclasses.asdict(self))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImageNetTrainConfig:
-        """Rebuild a config written by ``to_dict`` (e.g. a run's ``config.json``).
-
-        Raises:
-            ValueError: ``data`` has keys that are not fields of this config.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Unknown ImageNetTrainConfig fields {unknown}; valid fields are {sorted(names)}.")
-        values = dict(data)
-        for key in ("perceptual_weights", "texture_weights", "mask_interval", "betas", "sample_classes"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-
-#: Fields that may differ between an interrupted run and its resumption: they change how long it runs, how it is
-#: observed or where it runs, not what it computes. The pretrained networks are read only when a run starts (a
-#: resumed run takes them from its checkpoint), so their location may change too.
-IMAGENET_RESUMABLE_FIELDS: frozenset[str] = frozenset(
-    {
-        "steps",
-        "log_every",
-        "sample_every",
-        "checkpoint_every",
-        "sample_classes",
-        "export_truncation",
-        "device",
-        "amp",
-        "num_threads",
-        "progress",
-        "notes",
-        "biggan",
-        "u2net_weights",
-    }
-)
-
-
-def _check_number(value: Any, name: str, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        raise TypeError(f"`{name}` should be a finite number, but got {type(value).__name__} {value!r}.")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"`{name}` should be a number {'> 0' if positive else '>= 0'}, but got {value!r}.")
+#: Fields that may differ between an interrupted run and its resumption (declared ``resumable`` in the config).
+IMAGENET_RESUMABLE_FIELDS: frozenset[str] = ImageNetTrainConfig.resumable_fields()
 
 
 #: ``authors``: the values of the authors' code (imagenet/config.py for losses and learning rates, the CLI defaults
@@ -313,34 +241,6 @@ def get_imagenet_preset(name: str = "authors", **changes: Any) -> ImageNetTrainC
 
 
 # ------------------------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class _World:
-    rank: int
-    size: int
-    owns_group: bool  # this run initialised the process group and destroys it at the end
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _join_world(device: torch.device) -> _World:
-    """Join the torchrun process group (env://) when ``WORLD_SIZE > 1``; a group set up by the caller is reused."""
-    if dist.is_available() and dist.is_initialized():
-        return _World(dist.get_rank(), dist.get_world_size(), owns_group=False)
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return _World(0, 1, owns_group=False)
-    if not dist.is_available():
-        raise RuntimeError(f"WORLD_SIZE is {size}, but this PyTorch build has no torch.distributed.")
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    return _World(dist.get_rank(), dist.get_world_size(), owns_group=True)
-
-
 def _resolve_device(config: ImageNetTrainConfig) -> torch.device:
     # "cuda" without an index is this process's GPU: LOCAL_RANK under torchrun, else GPU 0. set_device needs the
     # index (torch refuses a bare "cuda"; seen on a GPU run, which the CPU tests cannot reach).
@@ -379,11 +279,18 @@ class ImageNetTrainer:
             raise TypeError(f"`config` should be an ImageNetTrainConfig, but got {type(config).__name__}.")
         self.config = config
         self.run_dir = Path(run_dir)
-        self.checkpoint_path = self.run_dir / "checkpoints" / "latest.safetensors"
-        self.final_path = self.run_dir / "final.safetensors"
-        self.stats_path = self.run_dir / "stats.jsonl"
         self.device = _resolve_device(config)
-        self.world = _join_world(self.device)
+        # The torchrun session lasts as long as the trainer: ``close`` leaves a process group created here.
+        self._session = contextlib.ExitStack()
+        self.world = self._session.enter_context(
+            distributed_session(backend="nccl" if self.device.type == "cuda" else "gloo")
+        )
+        self.folder = RunFolder(
+            self.run_dir, kind=CHECKPOINT_KIND, writer="train_cgn_imagenet", is_main=self.world.is_main
+        )
+        self.checkpoint_path = self.folder.checkpoint_path
+        self.final_path = self.folder.final_path
+        self.stats_path = self.folder.stats_path
         try:
             self._setup(resume)
         except BaseException:
@@ -392,24 +299,20 @@ class ImageNetTrainer:
 
     def _setup(self, resume: bool) -> None:
         config = self.config
-        if config.batch_size % self.world.size:
+        if config.batch_size % self.world.world_size:
             raise ValueError(
                 f"`batch_size` ({config.batch_size}) should be divisible by the number of processes "
-                f"({self.world.size}): each takes an equal share of every pass."
+                f"({self.world.world_size}): each takes an equal share of every pass."
             )
-        if self.checkpoint_path.exists() and not resume:
-            raise ValueError(
-                f"{str(self.run_dir)!r} already holds a run (checkpoints/latest.safetensors); pass resume=True to "
-                "continue it or choose a new run folder."
-            )
-        self.local_batch = config.batch_size // self.world.size
-        self._resume_state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists() else None
+        self.folder.refuse_unless_resuming(resume)
+        self.local_batch = config.batch_size // self.world.world_size
+        self._resume_state = self.folder.load_state() if self.folder.has_state() else None
         # Whatever is initialised at random (a U2-Net without weights, in tests) follows from the run seed alone.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(mix_seed(config.seed, _INIT_STREAM))
             self._build_networks()
         self.model: nn.Module = self.backend
-        if self.world.distributed:
+        if self.world.is_distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             # DDP broadcasts rank 0's parameters and buffers now and its buffers (spectral-norm vectors) before each
@@ -441,12 +344,7 @@ class ImageNetTrainer:
         state = self._resume_state
         if state is not None:
             meta = state.meta
-            if meta.get("kind") != CHECKPOINT_KIND:
-                raise ValueError(
-                    f"{str(self.checkpoint_path)!r} is not a training state written by train_cgn_imagenet "
-                    f"(kind {meta.get('kind')!r}, expected {CHECKPOINT_KIND!r})."
-                )
-            check_resumable(ImageNetTrainConfig.from_dict(meta["config"]), config, IMAGENET_RESUMABLE_FIELDS)
+            check_resumable(ImageNetTrainConfig.from_dict(meta["config"]), config)
             # A resumed run takes every network from its checkpoint: the pretrained files need not be at hand.
             biggan_config = check_biggan_config(meta["biggan_config"])
             self.ground_truth = build_biggan(biggan_config, seed=0)
@@ -514,29 +412,19 @@ class ImageNetTrainer:
 
     def environment(self) -> dict[str, Any]:
         """Versions and hardware of this run (recorded, not checked on resume)."""
-        return {
-            "cfaug_version": __version__,
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(self.device),
-            "world_size": self.world.size,
-            "threads": torch.get_num_threads(),
-        }
+        return run_environment(self.device, world_size=self.world.world_size)
 
     def write_config(self) -> None:
         """Write ``config.json`` (rank 0)."""
-        if not self.world.is_main:
-            return
-        document = {
-            "config": self.config.to_dict(),
-            "resolved": self.resolved(),
-            "environment": self.environment(),
-            "biggan_source": self.biggan_source,
-            "u2net_source": self.u2net_source,
-        }
-        with atomic_write(self.run_dir / "config.json", "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        self.folder.write_config(
+            {
+                "config": self.config.to_dict(),
+                "resolved": self.resolved(),
+                "environment": self.environment(),
+                "biggan_source": self.biggan_source,
+                "u2net_source": self.u2net_source,
+            }
+        )
 
     def save_state(self) -> None:
         """Write ``checkpoints/latest.safetensors``: everything needed to continue the run (rank 0)."""
@@ -549,7 +437,6 @@ class ImageNetTrainer:
             tensors.update(flat)
             optimizer_meta[name] = meta
         meta = {
-            "kind": CHECKPOINT_KIND,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "config": self.config.to_dict(),
@@ -560,7 +447,7 @@ class ImageNetTrainer:
             "optimizers": optimizer_meta,
             "rng": "every draw comes from the per-sample seeds of (seed, sample index): the step is the whole state",
         }
-        save_checkpoint(self.checkpoint_path, tensors, meta)
+        self.folder.save_state(tensors, meta)
 
     def _load_state(self, checkpoint: Any) -> None:
         meta, tensors = checkpoint.meta, checkpoint.state_dict
@@ -627,7 +514,7 @@ class ImageNetTrainer:
         for accumulation_pass in range(config.accumulation):
             last = accumulation_pass == config.accumulation - 1
             # Gradients are all-reduced once per step, on the last pass; earlier passes accumulate locally.
-            sync = contextlib.nullcontext() if last or not self.world.distributed else self.model.no_sync()
+            sync = contextlib.nullcontext() if last or not self.world.is_distributed else self.model.no_sync()
             with sync:
                 values = self.forward_backward(self.sample_seeds(self.step, accumulation_pass))
             for name, value in values.items():
@@ -651,10 +538,10 @@ class ImageNetTrainer:
         names = sorted(self._interval)
         steps = max(self._interval_passes, 1)
         values = torch.tensor([self._interval[n] / steps for n in names], dtype=torch.float64)
-        if self.world.distributed and names:
+        if self.world.is_distributed and names:
             gathered = values.to(self.device)
             dist.all_reduce(gathered)
-            values = gathered.cpu() / self.world.size
+            values = gathered.cpu() / self.world.world_size
         images = self._interval_passes * self.config.batch_size * self.config.accumulation
         record: dict[str, Any] = {
             "step": self.step,
@@ -663,9 +550,7 @@ class ImageNetTrainer:
             "img_per_s": round(images / max(self._interval_seconds, 1e-9), 3),
             **{name: float(value) for name, value in zip(names, values.tolist(), strict=True)},
         }
-        if self.world.is_main:
-            with open(self.stats_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+        self.folder.append_stats(record)
         self._interval.clear()
         self._interval_passes = 0
         self._interval_seconds = 0.0
@@ -713,7 +598,7 @@ class ImageNetTrainer:
             ]
         tiles = torch.stack([c.float().cpu() for c in columns], dim=1).flatten(0, 1)
         sheet = make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
-        path = self.run_dir / "samples" / f"step-{self.step:06d}.png"
+        path = self.folder.sample_path(self.step)
         buffer = io.BytesIO()
         save_image(sheet, buffer, format="png")
         with atomic_write(path) as handle:
@@ -749,8 +634,7 @@ class ImageNetTrainer:
 
     def close(self) -> None:
         """Leave the process group if this run created it."""
-        if self.world.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        self._session.close()
 
     # ---------------------------------------------------------------------------------------- run
     def run(self) -> Path:
@@ -759,12 +643,7 @@ class ImageNetTrainer:
         On Ctrl-C the run finishes its step, writes its checkpoint and raises ``KeyboardInterrupt``.
         """
         config = self.config
-        if self.world.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self.step > 0:
-                truncate_stats(self.stats_path, self.step)
-            else:
-                self.stats_path.unlink(missing_ok=True)
+        self.folder.start_stats(self.step)
         self.write_config()
         if self.step >= config.steps:
             if self.final_path.exists():
@@ -797,11 +676,11 @@ def train_cgn_imagenet(config: ImageNetTrainConfig, run_dir: str | os.PathLike[s
 
     Args:
         config: the recipe, e.g. ``get_imagenet_preset("authors", biggan="weights/biggan-deep-256")``.
-        run_dir: the run folder (created if needed); see the module documentation for its layout.
-        resume: continue from the run folder's checkpoint. With ``False`` an existing checkpoint is an error.
+        run_dir: the run folder, created if needed and laid out as the module documentation shows.
+        resume: continue from the checkpoint in the run folder; with ``False``, finding one is an error.
 
     Returns:
-        The path of ``final.safetensors``: load it with ``cfaug.load_backend("biggan", weights=path)``.
+        ``final.safetensors``, the trained CGN for ``cfaug.load_backend("biggan", weights=path)``.
 
     Raises:
         ValueError: the run folder holds a run with another recipe, or ``resume=False`` and it holds a run.
@@ -815,68 +694,22 @@ def train_cgn_imagenet(config: ImageNetTrainConfig, run_dir: str | os.PathLike[s
     """
     if not isinstance(config, ImageNetTrainConfig):
         raise TypeError(f"`config` should be an ImageNetTrainConfig, but got {type(config).__name__}.")
-    previous_threads = torch.get_num_threads()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    trainer = None
-    try:
+    with training_scope(config.num_threads, fork_rng=False):
         trainer = ImageNetTrainer(config, run_dir, resume=resume)
-        return trainer.run()
-    finally:
-        if trainer is not None:
+        try:
+            return trainer.run()
+        finally:
             trainer.close()
-        torch.set_num_threads(previous_threads)
 
 
-# -------------------------------------------------------------------------------------------------- CLI
-# Options with their own flag: (flag, config field, type, help).
-_FLAGS: tuple[Flag, ...] = (
-    ("--biggan", "biggan", str, "pretrained BigGAN: a folder with config.json + pytorch_model.bin, or a name"),
-    ("--u2net", "u2net", str, f"U2-Net variant, one of {list(U2NET_VARIANTS)} (default u2net)"),
-    ("--u2net-weights", "u2net_weights", str, "U2-Net weights: official name (u2net, u2netp) or a file"),
-    ("--feature-net", "feature_net", str, "VGG16 of the style losses: imagenet, random or a weights file"),
-    ("--steps", "steps", int, "optimiser steps (default: the preset's, 300)"),
-    ("--batch-size", "batch_size", int, "samples per pass over all processes (default 1)"),
-    ("--accumulation", "accumulation", int, "passes per optimiser step, gradients summed (default 4000)"),
-    ("--truncation", "truncation", float, "truncation of the training noise (default 1.0)"),
-    ("--seed", "seed", int, "run seed (default 0)"),
-    ("--device", "device", str, "torch device, e.g. cuda (default cpu)"),
-    ("--amp", "amp", str, "bf16: autocast the forward passes on a GPU (default: float32)"),
-    ("--num-threads", "num_threads", int, "torch CPU threads"),
-)
+# The argparse code of ``cfaug train imagenet`` lives in ``cfaug.cli.train_imagenet``; its names stay importable
+# from here (loaded on first use: cfaug.cli imports this module).
+_CLI_NAMES = ("add_train_imagenet_arguments", "config_from_args", "run_train_imagenet")
 
 
-def add_train_imagenet_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``cfaug train imagenet`` to ``parser`` and return it.
+def __getattr__(name: str) -> Any:
+    if name in _CLI_NAMES:
+        from cfaug.cli import train_imagenet
 
-    Examples:
-        >>> parser = add_train_imagenet_arguments(argparse.ArgumentParser(prog="cfaug train imagenet"))
-        >>> args = parser.parse_args(["--run-dir", "runs/i", "--biggan", "biggan256", "--steps", "10"])
-        >>> config_from_args(args).steps
-        10
-    """
-    parser.add_argument("--run-dir", required=True, help="run folder (created; an existing run is resumed)")
-    parser.add_argument(
-        "--preset",
-        choices=sorted(IMAGENET_PRESETS),
-        default="authors",
-        help="authors: the values of the authors' code (default); paper: the paper's where they differ",
-    )
-    add_config_flags(parser, _FLAGS)
-    add_run_options(parser, "ImageNetTrainConfig", "mask_interval=[0.1,0.9]")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> ImageNetTrainConfig:
-    """The config that parsed ``cfaug train imagenet`` arguments describe (preset, flags, then ``--set``)."""
-    return get_imagenet_preset(args.preset, **config_changes(args, _FLAGS, ImageNetTrainConfig))
-
-
-def run_train_imagenet(args: argparse.Namespace) -> int:
-    """Run ``cfaug train imagenet``: train (or resume), print the exported checkpoint's path, return 0."""
-    config = config_from_args(args)
-    final = train_cgn_imagenet(config, args.run_dir, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"Exported CGN: {final}")
-        print(f"Load it with: cfaug.load_backend('biggan', weights={str(final)!r})")
-    return 0
+        return getattr(train_imagenet, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cfaug.models.feature_network import VGG16_LAYER_INDICES, FeatureNetwork
 from cfaug.seeding import per_sample_randint
 from cfaug.training import losses
-from cfaug.training.features import VGG16_LAYER_INDICES, FeatureNetwork
 
 __all__ = ["PATCH_STREAM", "ImageNetCGNLoss", "background_saliency_loss", "texture_patch_grid"]
 

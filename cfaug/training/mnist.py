@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
-import platform
 import time
 import warnings
 from collections.abc import Generator
@@ -48,24 +46,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfaug._utils import atomic_write
 from cfaug.backends.mnist import MnistBackend, random_shift_offsets
-from cfaug.checkpoint import load_checkpoint, save_checkpoint
-from cfaug.functional import composite
-from cfaug.seeding import mix_seed
-from cfaug.training import losses
-from cfaug.training._runs import (
+from cfaug.engine import (
+    RunFolder,
     check_resumable,
     flatten_optimizer,
     prefixed,
+    run_environment,
     run_steps,
-    truncate_stats,
+    training_scope,
     unflatten_optimizer,
     unprefixed,
 )
-from cfaug.training.config import RESUMABLE_FIELDS, TrainConfig
-from cfaug.training.discriminators import build_discriminator
-from cfaug.training.features import VGG16_LAYER_INDICES, VGG16_LAYER_NAMES, FeatureNetwork, build_feature_network
+from cfaug.functional import composite
+from cfaug.models.discriminators import build_discriminator
+from cfaug.models.feature_network import VGG16_LAYER_INDICES, VGG16_LAYER_NAMES, FeatureNetwork, build_feature_network
+from cfaug.seeding import mix_seed
+from cfaug.training import losses
+from cfaug.training.config import TrainConfig
 from cfaug.training.monitor import (
     MaskCollapseError,
     detect_collapse,
@@ -74,7 +72,6 @@ from cfaug.training.monitor import (
     save_sample_grid,
 )
 from cfaug.training.shape_teacher import MaskClassifier, train_shape_teacher
-from cfaug.version import __version__
 
 __all__ = ["CHECKPOINT_KIND", "build_train_dataset", "train_cgn_mnist"]
 
@@ -174,13 +171,13 @@ def _ema_beta(config: TrainConfig, images_seen: int) -> float:
 class _Run:
     """The state of one training run: models, optimisers, data, counters; one method per phase."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path):
+    def __init__(self, config: TrainConfig, folder: RunFolder):
         self.config = config
-        self.run_dir = run_dir
+        self.folder = folder
+        self.run_dir = folder.path
         self.device = torch.device(config.device)
-        self.checkpoint_path = run_dir / "checkpoints" / "latest.safetensors"
-        self.final_path = run_dir / "final.safetensors"
-        self.stats_path = run_dir / "stats.jsonl"
+        self.checkpoint_path = folder.checkpoint_path
+        self.final_path = folder.final_path
 
         dataset = build_train_dataset(config)
         self.dataset = dataset
@@ -256,13 +253,7 @@ class _Run:
         }
 
     def environment(self) -> dict[str, Any]:
-        return {
-            "cfaug_version": __version__,
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(self.device),
-            "threads": torch.get_num_threads(),
-        }
+        return run_environment(self.device)
 
     def save_state(self) -> None:
         tensors = {**prefixed("G", self.generator), **prefixed("D", self.discriminator)}
@@ -275,7 +266,6 @@ class _Run:
         tensors.update(opt_g_tensors)
         tensors.update(opt_d_tensors)
         meta = {
-            "kind": CHECKPOINT_KIND,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "config": self.config.to_dict(),
@@ -285,17 +275,12 @@ class _Run:
             "shape_teacher": self.teacher_info,
             "rng": "reseeded from (seed, step) at every iteration: the step is the whole RNG state",
         }
-        save_checkpoint(self.checkpoint_path, tensors, meta)
+        self.folder.save_state(tensors, meta)
 
     def load_state(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        checkpoint = self.folder.load_state(map_location=self.device)
         meta = checkpoint.meta
-        if meta.get("kind") != CHECKPOINT_KIND:
-            raise ValueError(
-                f"{str(self.checkpoint_path)!r} is not a training state written by train_cgn_mnist "
-                f"(kind {meta.get('kind')!r}, expected {CHECKPOINT_KIND!r})."
-            )
-        check_resumable(TrainConfig.from_dict(meta["config"]), self.config, RESUMABLE_FIELDS)
+        check_resumable(TrainConfig.from_dict(meta["config"]), self.config)
         if meta["resolved"] != self.resolved():
             raise ValueError(
                 f"The run was trained with {meta['resolved']}, but this machine resolves the config to "
@@ -318,15 +303,14 @@ class _Run:
         self.train_seconds = float(meta["train_seconds"])
 
     def write_config(self) -> None:
-        document = {
-            "config": self.config.to_dict(),
-            "resolved": self.resolved(),
-            "environment": self.environment(),
-            "shape_teacher": self.teacher_info or None,
-        }
-        with atomic_write(self.run_dir / "config.json", "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        self.folder.write_config(
+            {
+                "config": self.config.to_dict(),
+                "resolved": self.resolved(),
+                "environment": self.environment(),
+                "shape_teacher": self.teacher_info or None,
+            }
+        )
 
     # ----------------------------------------------------------------------------------- one iteration
     def train_step(self) -> dict[str, float]:
@@ -498,8 +482,7 @@ class _Run:
         }
         if self.generator_ema is not None:
             record["ema_beta"] = _ema_beta(config, self.step * config.batch_size)
-        with open(self.stats_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.folder.append_stats(record)
         self._interval.clear()
         self._interval_steps = 0
         self._interval_seconds = 0.0
@@ -507,7 +490,7 @@ class _Run:
         return problems if armed else []
 
     def save_samples(self) -> Path:
-        path = self.run_dir / "samples" / f"step-{self.step:06d}.png"
+        path = self.folder.sample_path(self.step)
         monitored = self.exported
         with _eval_mode(monitored):
             save_sample_grid(monitored, path, self.config.seed)
@@ -576,44 +559,31 @@ def train_cgn_mnist(config: TrainConfig, run_dir: str | os.PathLike[str], *, res
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"`config` should be a TrainConfig, but got {type(config).__name__}.")
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / "checkpoints" / "latest.safetensors"
-    if checkpoint_path.exists() and not resume:
-        raise ValueError(
-            f"{str(run_dir)!r} already holds a run (checkpoints/latest.safetensors); pass resume=True "
-            "to continue it or choose a new run folder."
+    folder = RunFolder(run_dir, kind=CHECKPOINT_KIND, writer="train_cgn_mnist")
+    folder.refuse_unless_resuming(resume)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    with training_scope(config.num_threads, config.device):
+        run = _Run(config, folder)
+        if folder.has_state():
+            run.load_state()
+        else:
+            run.prepare_teacher()
+        folder.start_stats(run.step)
+        run.write_config()
+        if run.step >= config.steps:
+            return run.final_path if run.final_path.exists() else run.export()
+        if run.step == 0:
+            run.write_stats()  # the initial state, so that the stats start at step 0
+            run.save_samples()
+        run_steps(
+            run,
+            config,
+            desc=f"cgn {config.variant}",
+            unit="it",
+            progress=config.progress,
+            interrupted_message=(
+                f"Training interrupted after iteration {{step}}; {folder.checkpoint_path} holds the state. "
+                "Run the same command again to continue."
+            ),
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    previous_threads = torch.get_num_threads()
-    devices = [torch.device(config.device).index or 0] if torch.device(config.device).type == "cuda" else []
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    try:
-        with torch.random.fork_rng(devices=devices):
-            run = _Run(config, run_dir)
-            if checkpoint_path.exists():
-                run.load_state()
-                truncate_stats(run.stats_path, run.step)
-            else:
-                run.stats_path.unlink(missing_ok=True)
-                run.prepare_teacher()
-            run.write_config()
-            if run.step >= config.steps:
-                return run.final_path if run.final_path.exists() else run.export()
-            if run.step == 0:
-                run.write_stats()  # the initial state, so that the stats start at step 0
-                run.save_samples()
-            run_steps(
-                run,
-                config,
-                desc=f"cgn {config.variant}",
-                unit="it",
-                progress=config.progress,
-                interrupted_message=(
-                    f"Training interrupted after iteration {{step}}; {checkpoint_path} holds the state. "
-                    "Run the same command again to continue."
-                ),
-            )
-            return run.export()
-    finally:
-        torch.set_num_threads(previous_threads)
+        return run.export()

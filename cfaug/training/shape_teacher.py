@@ -23,37 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import check_positive_int
+from cfaug.engine import training_scope
+from cfaug.models.mask_classifier import MaskClassifier
 from cfaug.seeding import mix_seed
 
 __all__ = ["MaskClassifier", "shape_accuracy", "train_shape_teacher"]
 
 _SHIFT = 2  # the teacher sees masks shifted by up to this many pixels, so it reads shape rather than position
-
-
-class MaskClassifier(nn.Module):
-    """A LeNet-style CNN from a mask ``(B, 1, 32, 32)`` in [0, 1] to class logits (about 0.28M parameters).
-
-    Args:
-        num_classes: number of classes.
-        width: channels of the first convolution; the second uses twice as many.
-    """
-
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
-        self.head = nn.Sequential(nn.Linear(2 * width * 8 * 8, 128), nn.ReLU(), nn.Linear(128, num_classes))
-
-    def forward(self, masks: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(B, num_classes)`` of masks ``(B, 1, 32, 32)`` in [0, 1]."""
-        return self.head(self.features(masks * 2 - 1))
 
 
 def _random_shift(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -118,7 +94,7 @@ def train_shape_teacher(
     train_masks, train_labels = masks[: len(masks) - held_out], labels[: len(masks) - held_out]
 
     generator = torch.Generator().manual_seed(mix_seed(seed, 1))
-    with torch.random.fork_rng(devices=[]):
+    with training_scope():  # the caller's CPU RNG state is left as it was
         torch.manual_seed(mix_seed(seed, 2))
         teacher = MaskClassifier(num_classes).to(device)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=lr)

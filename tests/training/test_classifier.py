@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -394,3 +395,17 @@ def test_save_and_load_classifier_round_trip(tmp_path):
     images = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(images)["average"], model.eval()(images)["average"])
+
+
+def test_a_run_folder_written_before_the_engine_resumes_bit_for_bit(data, tmp_path):
+    # classifier_run_ffed146/ is epoch 1 of this recipe, checkpointed by the trainer at ffed146 (before the run
+    # folder moved to cfaug.engine); resumed to epoch 3 it must give what a run of 3 epochs gives today.
+    config = _config(data, epochs=3, checkpoint_every=100)
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "classifier_run_ffed146", old)
+    train_classifier(config, old)
+    train_classifier(config, tmp_path / "straight")
+    straight = load_file(str(tmp_path / "straight" / "final.safetensors"))
+    resumed = load_file(str(old / "final.safetensors"))
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert _without_timing(tmp_path / "straight" / "stats.jsonl") == _without_timing(old / "stats.jsonl")
