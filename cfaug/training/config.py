@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfaug._utils import verify_str_arg
-from cfaug.datasets.mnist_variants import VARIANTS
+from cfaug.names import VARIANTS
 from cfaug.engine.config import Config, choice, integer, json_ready, number, setting, text  # noqa: F401 (json_ready: old path)
 
 __all__ = [
