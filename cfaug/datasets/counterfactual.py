@@ -67,8 +67,6 @@ __all__ = [
     "check_vary",
 ]
 
-#: Mechanisms that can get a class of their own (all but the shape, which is the label); the others take the
-#: shape class. The one definition of this idea: ``cfaug.transforms`` checks its ``vary`` with ``check_vary`` too.
 #: ``"shape"``: the target is the shape class; ``"all"``: the ``(shape, texture, background)`` classes.
 TARGETS: tuple[str, ...] = ("shape", "all")
 
