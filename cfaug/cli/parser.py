@@ -2,7 +2,7 @@
 
 Every command is a pair: ``add_..._arguments(parser)`` declares its options and a ``run_...(args)`` runs it and
 returns the exit code. The tree below is a table of those pairs; the general commands are in
-``cfaug.cli.commands``, the train and evaluate commands next to their trainers and evaluations.
+``cfaug.cli.commands``, the train and evaluate commands in ``cfaug.cli.train_*`` and ``cfaug.cli.evaluate``.
 """
 
 from __future__ import annotations
@@ -22,14 +22,18 @@ from cfaug.cli.commands import (
     run_import_weights_command,
     run_list_command,
 )
-from cfaug.evaluation.imagenet import add_evaluate_imagenet_arguments, run_evaluate_imagenet
-from cfaug.evaluation.mnist import add_evaluate_mnist_arguments, run_evaluate_mnist
+from cfaug.cli.evaluate import (
+    add_evaluate_imagenet_arguments,
+    add_evaluate_mnist_arguments,
+    run_evaluate_imagenet,
+    run_evaluate_mnist,
+)
+from cfaug.cli.train_classifier import add_train_classifier_arguments, run_train_classifier
+from cfaug.cli.train_imagenet import add_train_imagenet_arguments, run_train_imagenet
+from cfaug.cli.train_mask_estimator import add_train_mask_estimator_arguments, run_train_mask_estimator
+from cfaug.cli.train_mnist import add_train_mnist_arguments, run_train_mnist
 from cfaug.hub import WeightsError
 from cfaug.registry import BackendImportError
-from cfaug.training.classifier import add_train_classifier_arguments, run_train_classifier
-from cfaug.training.cli import add_train_mnist_arguments, run_train_mnist
-from cfaug.training.imagenet import add_train_imagenet_arguments, run_train_imagenet
-from cfaug.training.mask_estimator import add_train_mask_estimator_arguments, run_train_mask_estimator
 
 __all__ = ["USER_ERRORS", "build_parser", "main"]
 

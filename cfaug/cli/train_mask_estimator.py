@@ -14,8 +14,8 @@ import torch
 
 from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.mnist import MnistBackend
-from cfaug.names import VARIANTS
 from cfaug.engine import run_environment, training_scope
+from cfaug.names import VARIANTS
 from cfaug.training.mask_estimator import (
     DEFAULT_HARD_FRACTION,
     DEFAULT_JITTER,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cfaug._utils import verify_str_arg
-from cfaug.names import VARIANTS
 from cfaug.engine.config import Config, choice, integer, json_ready, number, setting, text  # noqa: F401 (json_ready: old path)
+from cfaug.names import VARIANTS
 
 __all__ = [
     "AUTHORS_PRESETS",
