@@ -43,14 +43,18 @@ def check_probability(p: Any, arg: str = "p") -> float:
     return float(p)
 
 
+def check_int(value: Any, arg: str, minimum: int) -> int:
+    """Return ``value`` after checking that it is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{arg}` should be an integer >= {minimum}, but got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{arg}` should be an integer >= {minimum}, but got {value}.")
+    return value
+
+
 def check_positive_int(value: Any, arg: str, *, allow_zero: bool = False) -> int:
     """Return ``value`` after checking that it is a positive (or non-negative) integer."""
-    lowest = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{arg}` should be an integer >= {lowest}, but got {type(value).__name__} {value!r}.")
-    if value < lowest:
-        raise ValueError(f"`{arg}` should be an integer >= {lowest}, but got {value}.")
-    return value
+    return check_int(value, arg, 0 if allow_zero else 1)
 
 
 def check_number(value: Any, arg: str, *, positive: bool = False, upper: float | None = None) -> float:

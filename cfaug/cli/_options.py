@@ -17,6 +17,15 @@ from typing import Any
 Flag = tuple[str, str, Any, str]
 
 
+def common_flags(device_help: str = "torch device, e.g. cuda (default cpu)") -> tuple[Flag, ...]:
+    """The flags of the same name, field and meaning in every training command: seed, device, CPU threads."""
+    return (
+        ("--seed", "seed", int, "run seed (default 0)"),
+        ("--device", "device", str, device_help),
+        ("--num-threads", "num_threads", int, "torch CPU threads"),
+    )
+
+
 def add_config_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
     """Add one option per ``Flag``; an option left out stays ``None`` so the preset's value is kept."""
     for flag, field, kind, text in flags:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cfaug.cli._options import Flag, add_config_flags, add_run_options, config_changes
+from cfaug.cli._options import Flag, add_config_flags, add_run_options, common_flags, config_changes
 from cfaug.training.classifier import ClassifierConfig, ClassifierTrainer
 
 __all__ = ["add_train_classifier_arguments", "config_from_args", "run_train_classifier"]
@@ -21,10 +21,8 @@ _FLAGS: tuple[Flag, ...] = (
     ("--cf-ratio", "cf_ratio", float, "counterfactual images per real image (default 1.0)"),
     ("--lr", "lr", float, "SGD learning rate (default 1e-3)"),
     ("--image-size", "image_size", int, "crop size (default 224)"),
-    ("--seed", "seed", int, "run seed (default 0)"),
-    ("--device", "device", str, "torch device; cuda = each process's own GPU under torchrun (default cpu)"),
     ("--num-workers", "num_workers", int, "DataLoader workers per process (default 4)"),
-    ("--num-threads", "num_threads", int, "torch CPU threads"),
+    *common_flags(device_help="torch device; cuda = each process's own GPU under torchrun (default cpu)"),
 )
 
 

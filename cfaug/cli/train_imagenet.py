@@ -10,7 +10,7 @@ import argparse
 import os
 
 from cfaug.backends.biggan import U2NET_VARIANTS
-from cfaug.cli._options import Flag, add_config_flags, add_run_options, config_changes
+from cfaug.cli._options import Flag, add_config_flags, add_run_options, common_flags, config_changes
 from cfaug.training.imagenet import IMAGENET_PRESETS, ImageNetTrainConfig, get_imagenet_preset, train_cgn_imagenet
 
 __all__ = ["add_train_imagenet_arguments", "config_from_args", "run_train_imagenet"]
@@ -25,10 +25,8 @@ _FLAGS: tuple[Flag, ...] = (
     ("--batch-size", "batch_size", int, "samples per pass over all processes (default 1)"),
     ("--accumulation", "accumulation", int, "passes per optimiser step, gradients summed (default 4000)"),
     ("--truncation", "truncation", float, "truncation of the training noise (default 1.0)"),
-    ("--seed", "seed", int, "run seed (default 0)"),
-    ("--device", "device", str, "torch device, e.g. cuda (default cpu)"),
     ("--amp", "amp", str, "bf16: autocast the forward passes on a GPU (default: float32)"),
-    ("--num-threads", "num_threads", int, "torch CPU threads"),
+    *common_flags(),
 )
 
 

@@ -97,16 +97,8 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
         dataset = _test_split(args.variant, args.data_root, args.texture_root)
         source = load_backend("mnist", weights=args.weights)
         started = time.perf_counter()
-        backend = train_mask_estimator(
-            source,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            width=args.width,
-            device=args.device,
-            progress=args.progress,
-        )
+        options = ("steps", "batch_size", "lr", "seed", "width", "device", "progress")  # flags named as the arguments
+        backend = train_mask_estimator(source, **{name: getattr(args, name) for name in options})
         seconds = time.perf_counter() - started
         metrics = mask_iou(backend, dataset)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cfaug.cli._options import Flag, add_config_flags, add_run_options, config_changes, parse_override
+from cfaug.cli._options import Flag, add_config_flags, add_run_options, common_flags, config_changes, parse_override
 from cfaug.training.config import COLLAPSE_ACTIONS, VARIANTS, TrainConfig, get_preset
 
 __all__ = ["add_train_mnist_arguments", "config_from_args", "run_train_mnist"]
@@ -21,11 +21,9 @@ _FLAGS: tuple[Flag, ...] = (
     ("--texture-root", "texture_root", str, "Wildlife MNIST texture folder (default: built-in procedural textures)"),
     ("--steps", "steps", int, "iterations (default: the preset's)"),
     ("--batch-size", "batch_size", int, "images per iteration (default: the preset's)"),
-    ("--seed", "seed", int, "run seed (default 0)"),
-    ("--device", "device", str, "torch device, e.g. cuda (default cpu)"),
     ("--feature-net", "feature_net", str, "style-loss network: auto, imagenet, random or a VGG16 weights file"),
     ("--train-images", "train_images", int, "use only the first N training images"),
-    ("--num-threads", "num_threads", int, "torch CPU threads"),
+    *common_flags(),
 )
 
 

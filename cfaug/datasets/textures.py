@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from cfaug._utils import check_int
+
 __all__ = [
     "NUM_TEXTURE_CLASSES",
     "TEXTURE_EXTENSIONS",
@@ -175,11 +177,7 @@ def procedural_textures(kind: str, size: int = 150) -> torch.Tensor:
 
 
 def _check_size(size: object) -> int:
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"`size` should be an integer >= 8, but got {type(size).__name__} {size!r}.")
-    if size < 8:
-        raise ValueError(f"`size` should be an integer >= 8, but got {size}.")
-    return size
+    return check_int(size, "size", 8)  # below 8 pixels a texture has no structure left
 
 
 @functools.lru_cache(maxsize=4)

@@ -169,6 +169,11 @@ class TrainConfig(Config):
     # why each value was chosen (not used)
     notes: dict[str, str] = setting(factory=dict, compare=False, resumable=True)
 
+    def collapse_thresholds(self) -> dict[str, float]:
+        """The ``collapse_*`` thresholds as the keyword arguments of ``cfaug.training.monitor.detect_collapse``."""
+        names = ("min_area", "max_area", "max_border", "max_spread", "min_diversity", "max_similarity")
+        return {name: getattr(self, f"collapse_{name}") for name in (*names, "min_shape_accuracy")}
+
     def validate(self) -> None:
         """The checks of the fields that depend on each other."""
         if self.lambda_shape > 0 and self.shape_teacher_steps == 0:

@@ -374,16 +374,8 @@ class ImageNetTrainer:
             }
         )
         features = build_feature_network(needed or [VGG16_LAYER_INDICES[0]], config.feature_net)
-        self.loss = ImageNetCGNLoss(
-            features,
-            lambda_l1=config.lambda_l1,
-            perceptual_weights=config.perceptual_weights,
-            lambda_binary=config.lambda_binary,
-            lambda_mask=config.lambda_mask,
-            mask_interval=config.mask_interval,
-            texture_weights=config.texture_weights,
-            lambda_background=config.lambda_background,
-        ).to(self.device)
+        weights = {name: getattr(config, name) for name in ImageNetCGNLoss.SETTINGS}
+        self.loss = ImageNetCGNLoss(features, **weights).to(self.device)
         self.feature_description = features.description
 
     def _sample_classes(self) -> list[int]:

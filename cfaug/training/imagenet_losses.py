@@ -140,6 +140,17 @@ class ImageNetCGNLoss(nn.Module):
         lambda_background: weight of the background saliency.
     """
 
+    #: The keyword arguments after ``features``: ``ImageNetTrainConfig`` has fields of the same names.
+    SETTINGS: tuple[str, ...] = (
+        "lambda_l1",
+        "perceptual_weights",
+        "lambda_binary",
+        "lambda_mask",
+        "mask_interval",
+        "texture_weights",
+        "lambda_background",
+    )
+
     def __init__(
         self,
         features: FeatureNetwork,

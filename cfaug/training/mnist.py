@@ -459,16 +459,7 @@ class _Run:
         """Append a stats line; return the collapse symptoms (empty when healthy or not armed yet)."""
         config = self.config
         stats = self.probe()
-        problems = detect_collapse(
-            stats,
-            min_area=config.collapse_min_area,
-            max_area=config.collapse_max_area,
-            max_border=config.collapse_max_border,
-            max_spread=config.collapse_max_spread,
-            min_diversity=config.collapse_min_diversity,
-            max_similarity=config.collapse_max_similarity,
-            min_shape_accuracy=config.collapse_min_shape_accuracy,
-        )
+        problems = detect_collapse(stats, **config.collapse_thresholds())
         armed = self.step >= config.collapse_after
         steps = max(self._interval_steps, 1)
         record: dict[str, Any] = {
