@@ -26,8 +26,9 @@ RNG for a run; ``run_steps(run, cadence, ...)`` trains any ``SteppedRun`` (``ste
 ``train_step()``, ``accumulate``, ``progress_postfix``, ``log``, ``save_samples``, ``save_state``) to
 ``cadence.steps`` with a progress bar, logging, sampling and checkpointing every ``log_every``/``sample_every``/
 ``checkpoint_every`` steps and at the last one; the first Ctrl-C finishes the step, checkpoints and raises
-``KeyboardInterrupt``. A run without a folder (e.g. epochs of a classifier) makes ``log``/``save_samples``/
-``save_state`` do what it needs (or nothing) and counts its steps over all epochs. Under torchrun, pass
+``KeyboardInterrupt``. A run without a folder (the mask estimator, the shape teacher, the Table 2 classifier) is a step
+function given to ``run_step_function(step, steps, ...)``, which runs it through ``run_steps`` with nothing to log
+or save. Under torchrun, pass
 ``stop_requested=lambda flag: any_rank(flag, device)`` and ``after_checkpoint=barrier`` from
 ``cfaug.distributed`` and join the job with ``cfaug.distributed.distributed_session``.
 """
@@ -46,7 +47,7 @@ from cfaug.engine.config import (
     text,
 )
 from cfaug.engine.folder import RunFolder, run_environment, truncate_stats
-from cfaug.engine.loop import Cadence, SteppedRun, deferred_interrupt, run_steps, training_scope
+from cfaug.engine.loop import Cadence, SteppedRun, deferred_interrupt, run_step_function, run_steps, training_scope
 from cfaug.engine.state import flatten_optimizer, prefixed, unflatten_optimizer, unprefixed
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "number",
     "prefixed",
     "run_environment",
+    "run_step_function",
     "run_steps",
     "setting",
     "text",

@@ -1,6 +1,7 @@
 """The step loop of every trainer: Ctrl-C deferred to the end of a step, cadence of logs, samples and checkpoints.
 
-``run_steps(run, cadence, ...)`` drives any object with the ``SteppedRun`` methods; ``training_scope`` sets the
+``run_steps(run, cadence, ...)`` drives any object with the ``SteppedRun`` methods, ``run_step_function`` a plain
+step function (a run without a folder); ``training_scope`` sets the
 thread count and forks the RNG for the duration of a run, restoring both afterwards.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["Cadence", "SteppedRun", "deferred_interrupt", "run_steps", "training_scope"]
+__all__ = ["Cadence", "SteppedRun", "deferred_interrupt", "run_step_function", "run_steps", "training_scope"]
 
 
 @contextlib.contextmanager
@@ -158,3 +159,77 @@ def run_steps(
             if stop:
                 # replace, not format: the message may hold a user path with braces
                 raise KeyboardInterrupt(interrupted_message.replace("{step}", str(run.step)))
+
+
+class _FunctionRun:
+    """``run_steps``'s view of a run without a folder: a step function, no logs, samples or checkpoints.
+
+    It is also its own cadence: every interval is the whole run, and the last step's log, sample and checkpoint
+    calls do nothing.
+    """
+
+    def __init__(
+        self,
+        step: Callable[[int], dict[str, Any]],
+        steps: int,
+        postfix: Callable[[int, dict[str, Any]], dict[str, str]],
+    ):
+        self._step_function = step
+        self._postfix = postfix
+        self.steps = self.log_every = self.sample_every = self.checkpoint_every = steps
+        self.step = 0
+        self.train_seconds = 0.0
+
+    def train_step(self) -> dict[str, Any]:
+        values = self._step_function(self.step)
+        self.step += 1
+        return values
+
+    def accumulate(self, values: dict[str, Any], seconds: float) -> None:
+        pass
+
+    def progress_postfix(self, values: dict[str, Any]) -> dict[str, str]:
+        return self._postfix(self.step, values)
+
+    def log(self) -> None:
+        pass
+
+    def save_samples(self) -> None:
+        pass
+
+    def save_state(self) -> None:
+        pass
+
+
+def run_step_function(
+    step: Callable[[int], dict[str, Any]],
+    steps: int,
+    *,
+    desc: str,
+    unit: str = "step",
+    progress: bool = False,
+    postfix: Callable[[int, dict[str, Any]], dict[str, str]] = lambda done, values: {},
+) -> None:
+    """Call ``step(i)`` for ``i`` in ``range(steps)`` through ``run_steps``: a training run without a folder.
+
+    The trainers that keep no checkpoint (the mask estimator, the shape teacher, the Table 2 classifier) get the
+    same loop as the others: a progress bar, and a first Ctrl-C that finishes the step in progress and raises
+    ``KeyboardInterrupt`` saying where it stopped.
+
+    Args:
+        step: trains step ``i`` (counted from 0) and returns the values of that step (unused by the loop).
+        steps: how many steps to run.
+        desc: the progress bar's label, also named in the interruption's message.
+        unit: the progress bar's unit.
+        progress: show the progress bar.
+        postfix: what the progress bar shows, from the number of finished steps and the last step's values.
+    """
+    run = _FunctionRun(step, steps, postfix)
+    run_steps(
+        run,
+        run,
+        desc=desc,
+        unit=unit,
+        progress=progress,
+        interrupted_message=f"{desc} stopped after step {{step}}; it keeps no checkpoint.",
+    )

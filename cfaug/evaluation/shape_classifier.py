@@ -7,7 +7,7 @@ digit accuracy, also on the digits that are visible at all (``visible_digits``).
 
 Training is split into the parts it builds once (``build_shape_classifier_parts``: network, optimiser, schedule,
 data on the device, shuffling) and one step on a batch of indices (``shape_classifier_step``);
-``train_shape_classifier`` drives them with the engine's step runner (:func:`cfaug.engine.run_steps`), as a run
+``train_shape_classifier`` drives them with the engine's step loop (``cfaug.engine.run_step_function``), a run
 without a folder: nothing is logged or checkpointed, Ctrl-C stops at a step boundary. ``train_classifier`` is its
 old name, kept as an alias; the ImageNet ensemble's trainer is a different function of the training package.
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import check_positive_int, verify_str_arg
-from cfaug.engine.loop import run_steps
+from cfaug.engine.loop import run_step_function
 from cfaug.evaluation._streams import STREAM_INIT, STREAM_SHUFFLE
 from cfaug.models.classifiers import ShapeClassifier
 from cfaug.names import VARIANTS
@@ -344,56 +344,26 @@ def train_shape_classifier(
         real_transform=real_transform,
         device=device,
     )
-    run = _ShapeClassifierRun(parts, epochs)
-    run_steps(
-        run,
-        run,
-        desc="shape classifier",
-        unit="step",
-        progress=progress,
-        interrupted_message="Training of the shape classifier stopped at step {step}; it keeps no checkpoint.",
-    )
-    return parts.model.eval()
+    steps_per_epoch = math.ceil((parts.num_real + parts.num_cf) / parts.batch_size)
+    batches: Iterator[torch.Tensor] = iter(())
 
-
-class _ShapeClassifierRun:
-    """A Table 2 classifier's training as a run of ``run_steps``: no folder, so no logs, samples or checkpoints.
-
-    It is also its own cadence: ``steps`` is every batch of every epoch, and the intervals are the whole run (the
-    final step's log, sample and checkpoint calls are no-ops).
-    """
-
-    def __init__(self, parts: ShapeClassifierParts, epochs: int) -> None:
-        self.parts = parts
-        self.steps_per_epoch = math.ceil((parts.num_real + parts.num_cf) / parts.batch_size)
-        self.steps = self.log_every = self.sample_every = self.checkpoint_every = epochs * self.steps_per_epoch
-        self.step = 0
-        self.train_seconds = 0.0
-        self._batches: Iterator[torch.Tensor] = iter(())
-
-    def train_step(self) -> dict[str, float]:
-        if self.step % self.steps_per_epoch == 0:
-            self._batches = self.parts.epoch_batches()
-        loss = shape_classifier_step(self.parts, next(self._batches))
-        self.step += 1
-        if self.step % self.steps_per_epoch == 0:
-            self.parts.scheduler.step()  # the learning rate decays once per epoch
+    def step(index: int) -> dict[str, torch.Tensor]:
+        nonlocal batches
+        if index % steps_per_epoch == 0:
+            batches = parts.epoch_batches()
+        loss = shape_classifier_step(parts, next(batches))
+        if (index + 1) % steps_per_epoch == 0:
+            parts.scheduler.step()  # the learning rate decays once per epoch
         return {"loss": loss}
 
-    def accumulate(self, values: dict[str, float], seconds: float) -> None:
-        pass
-
-    def progress_postfix(self, values: dict[str, float]) -> dict[str, str]:
-        return {"epoch": f"{self.step / self.steps_per_epoch:.2f}"}
-
-    def log(self) -> None:
-        pass
-
-    def save_samples(self) -> None:
-        pass
-
-    def save_state(self) -> None:
-        pass
+    run_step_function(
+        step,
+        epochs * steps_per_epoch,
+        desc="shape classifier",
+        progress=progress,
+        postfix=lambda done, values: {"epoch": f"{done / steps_per_epoch:.2f}"},
+    )
+    return parts.model.eval()
 
 
 #: The old name of ``train_shape_classifier`` (not the ImageNet ensemble's trainer of the training package).

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import check_positive_int
-from cfaug.engine import training_scope
+from cfaug.engine import run_step_function, training_scope
 from cfaug.models.mask_classifier import MaskClassifier
 from cfaug.seeding import mix_seed
 
@@ -99,13 +99,17 @@ def train_shape_teacher(
         teacher = MaskClassifier(num_classes).to(device)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=lr)
     teacher.train()
-    for _ in range(steps):
+
+    def step(index: int) -> dict[str, torch.Tensor]:
         chosen = torch.randint(0, len(train_masks), (batch_size,), generator=generator)
         batch = _random_shift(train_masks[chosen], generator).to(device)
         loss = F.cross_entropy(teacher(batch), train_labels[chosen].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        return {"loss": loss.detach()}
+
+    run_step_function(step, steps, desc="shape teacher")  # seconds: no progress bar
     teacher.eval().requires_grad_(False)
     accuracy = float("nan")
     if held_out:
