@@ -27,13 +27,15 @@ from cfaug.transforms._image import (
 from cfaug.transforms._params import (
     NO_LABELS,
     RECORD_KEYS,
-    attach_labels,
+    attach_shapes,
     check_generator,
     check_labels,
     check_record,
+    check_shape,
     check_vary,
     make_record,
     parse_labels_getter,
+    resolve_shape,
     sample_applied,
     sample_params,
 )
@@ -60,25 +62,43 @@ MNIST(transform=...) and ImageFolder(transform=...) pass the image alone, withou
 class CounterfactualAugment(Transform):
     """Replace images by counterfactuals of a Counterfactual Generative Network, keeping labels true.
 
-    Each sample is replaced with probability ``p``. What replaces it depends on whether its label is known:
+    Each sample is replaced with probability ``p``. The label, when known (``(image, label)``, a dict with a
+    label key, or a batch ``(B, C, H, W)`` with labels ``(B,)``), is always kept. ``shape`` sets the kind of
+    counterfactual:
 
-    * **Label-aware** (``(image, label)``, a dict with a label key, or a batch ``(B, C, H, W)`` with labels
-      ``(B,)``): a generated counterfactual whose shape class is the label and whose texture and background
-      classes are drawn uniformly (for the mechanisms in ``vary``; the others take the label's class).
-      The label is unchanged: it is the shape class.
-    * **Image-only** (a lone image, as ``ImageFolder(transform=...)`` and ``MNIST(transform=...)`` pass it):
-      the real object's shape is kept through the backend's ``estimate_mask`` and its texture and/or
-      background are swapped for generated ones of uniformly drawn classes:
+    * ``"real"``: the real object's shape is kept through the backend's ``estimate_mask``, and its texture
+      and/or background are swapped for generated ones of uniformly drawn classes:
       ``composite(mask_real, f, b)`` with ``f`` generated if ``"texture" in vary`` else the real image, and
-      ``b`` generated if ``"background" in vary`` else the real image. A backend without a mask estimator
-      raises an error listing the label-aware placements; no label is ever invented.
+      ``b`` generated if ``"background" in vary`` else the real image. Needs no label, only a backend with a
+      mask estimator; boxes, masks and keypoints of the sample stay true.
+    * ``"generated"``: a whole generated counterfactual whose shape class is the label and whose texture and
+      background classes are drawn uniformly (for the mechanisms in ``vary``; the others take the label's
+      class). Needs the label; without one it is an error (a label is never invented).
+    * ``"mixed"``: per sample, either kind with equal probability (one fair coin per sample from the same RNG
+      as the other draws); a sample without a label gets ``"real"``.
+    * ``"auto"`` (default): with a label, the kind the backend's weights recommend (their metadata key
+      ``default_shape``; ``DEFAULT_LABELLED_SHAPE``, ``"generated"``, when they name none, and always
+      ``"generated"`` for a backend without a mask estimator); without a label (a lone image, as
+      ``ImageFolder(transform=...)`` and ``MNIST(transform=...)`` pass it), ``"real"``.
+
+    Which to pick: ``"generated"`` changes the shape too, so it covers shapes the data lacks, but its shapes are
+    only as good as the generator's; ``"real"`` keeps every real object exactly, so it is right when the
+    generator's shapes are poor, when annotations must stay true, or when the bias lies in texture and
+    background only; ``"mixed"`` hedges between the two. A backend without a mask estimator supports only
+    ``"generated"``, and an unlabelled image there is an error listing the label-aware placements.
 
     The output matches the input: PIL in, PIL out; ``uint8`` in, ``uint8`` out; float in [0, 1] in, the same
     float dtype out; ``tv_tensors.Image`` kept; same device and same height and width (generated parts are
-    resized bilinearly). Every output of a transform has the same shape whatever ``p`` decided, so batches
-    collate: a grayscale input to an RGB backend is an error unless ``grayscale_to_rgb=True``, which converts
-    every output, real pass-through images included, to RGB. Any other channel mismatch (e.g. RGB into a
-    grayscale backend, or RGBA) is an error: convert such images before the transform.
+    resized bilinearly). **Grayscale in, grayscale out**: a 1-channel image into an RGB backend is rendered in
+    RGB (the real image replicated to three channels, which is also what the mask estimator sees) and comes
+    back as the luma of the composite (weights 0.299, 0.587, 0.114, as PIL's ``convert("L")``), so a
+    1-channel model keeps working; ``grayscale_to_rgb=True`` instead converts every output, real pass-through
+    images included, to RGB. Any other channel mismatch (e.g. RGB into a grayscale backend, or RGBA) is an
+    error: convert such images before the transform. An image more than 2x larger or smaller than the
+    backend's ``image_size`` (either side) gets a ``UserWarning``, once per transform: the generated parts are
+    resized that far. Images are data: an empty (0-pixel) image and a float image with NaN or values outside
+    [0, 1] are errors, and an image that requires grad gives a detached output (the transform is not
+    differentiable), without a warning.
 
     **Where generation runs.** For a batch, the generator runs once, batched, on the samples chosen by ``p``
     only, on the batch's device (the backend is moved there on first use). A single sample (DataLoader
@@ -107,8 +127,10 @@ class CounterfactualAugment(Transform):
         vary: the mechanisms whose class is drawn at random, from ``("texture", "background")``.
         labels_getter: how to find the label: ``"default"`` (like torchvision's MixUp/CutMix: the second item
             of a tuple, an ``int`` or a tensor, or the ``"label(s)"`` key of a dict; a lone image has none), a
-            callable ``sample -> label`` (returning ``None`` for no label), or ``None`` (always image-only).
-        grayscale_to_rgb: convert 1-channel images to RGB for an RGB backend, on every output.
+            callable ``sample -> label`` (returning ``None`` for no label), or ``None`` (never look for one).
+        shape: the kind of counterfactual: ``"auto"``, ``"real"``, ``"generated"`` or ``"mixed"`` (see above).
+        grayscale_to_rgb: convert 1-channel images to RGB for an RGB backend, on every output (by default a
+            1-channel image gives a 1-channel output).
         same_on_batch: one draw of ``p``, classes and seeds for a whole batch.
         bank_size: components stored per mechanism and class for single-sample calls; 0 disables the bank.
         reuse: how many counterfactuals each stored component is used in before it is regenerated.
@@ -126,8 +148,9 @@ class CounterfactualAugment(Transform):
         the whole output. Per-sample records collate into batch records with the DataLoader's default collate.
 
     Raises:
-        ValueError: bad settings, labels of the wrong shape or out of range, an image outside [0, 1], a
-            channel mismatch, or an image without a label for a backend without a mask estimator.
+        ValueError: bad settings, labels of the wrong shape or out of range, an empty image, a float image with
+            NaN or values outside [0, 1], a channel mismatch, ``shape="generated"`` without a label, or a kind
+            keeping the real shape on a backend without a mask estimator.
         TypeError: settings, images or labels of the wrong type.
 
     Examples:
@@ -147,6 +170,7 @@ class CounterfactualAugment(Transform):
         vary: tuple[str, ...] | list[str] | str = ("texture", "background"),
         *,
         labels_getter: Any = "default",
+        shape: str = "auto",
         grayscale_to_rgb: bool = False,
         same_on_batch: bool = False,
         bank_size: int = 64,
@@ -157,6 +181,7 @@ class CounterfactualAugment(Transform):
         super().__init__()
         self.p = check_probability(p)
         self.vary = check_vary(vary)
+        self.shape = check_shape(shape)
         self._labels_getter = parse_labels_getter(labels_getter)
         self.labels_getter = labels_getter if labels_getter is None or isinstance(labels_getter, str) else "callable"
         for name, value in (("grayscale_to_rgb", grayscale_to_rgb), ("same_on_batch", same_on_batch)):
@@ -195,7 +220,7 @@ class CounterfactualAugment(Transform):
         weights = None if self._handle.weights is None else str(self._handle.weights)
         text = (
             f"backend={self._handle.name!r}, weights={weights!r}, p={self.p}, vary={self.vary}, "
-            f"labels_getter={self.labels_getter!r}, grayscale_to_rgb={self.grayscale_to_rgb}, "
+            f"labels_getter={self.labels_getter!r}, shape={self.shape!r}, grayscale_to_rgb={self.grayscale_to_rgb}, "
             f"same_on_batch={self.same_on_batch}, bank_size={self.bank_size}, reuse={self.reuse}, "
             f"return_record={self.return_record}"
         )
@@ -208,19 +233,21 @@ class CounterfactualAugment(Transform):
         labels = self._labels_getter(sample)
         if labels is None:
             labels = NO_LABELS
-        position = self._find_image(flat, labels)
+        backend = self._handle.backend()
+        shape = self._resolve_shape(backend, labelled=labels is not NO_LABELS)
+        position = self._find_image(flat, labels, shape)
         image = flat[position]
         kind = inspect_image(image)
-        backend = self._handle.backend()
-        if labels is NO_LABELS:
-            self._check_image_only(backend)
-        else:
+        if labels is not NO_LABELS:
             labels = check_labels(
                 labels, batch_size=self._batch_size(image, kind), batched=kind.batched, num_classes=backend.num_classes
             )
         params = self.make_params([image])
         if labels is not NO_LABELS:
-            params = attach_labels(params, labels, self.vary)
+            generator = self._handle.generator
+            params = attach_shapes(
+                params, labels, self.vary, shape, same_on_batch=self.same_on_batch, generator=generator
+            )
         flat[position], record = self._apply(image, kind, params, want_record=self.return_record)
         output = tree_unflatten(flat, spec)
         return (output, record) if self.return_record else output
@@ -270,14 +297,15 @@ class CounterfactualAugment(Transform):
         return int(image.shape[0]) if kind.batched else 1
 
     @staticmethod
-    def _find_image(flat: list[Any], labels: Any) -> int:
+    def _find_image(flat: list[Any], labels: Any, shape: str) -> int:
         """The position of the one image among the flattened sample, never the label."""
         if any(isinstance(leaf, tv_tensors.Video) for leaf in flat):
             raise TypeError("CounterfactualAugment does not support videos (tv_tensors.Video).")
-        if labels is not NO_LABELS and any(isinstance(leaf, _OBJECT_ANNOTATIONS) for leaf in flat):
+        if shape != "real" and any(isinstance(leaf, _OBJECT_ANNOTATIONS) for leaf in flat):
             raise ValueError(
-                "A label-aware counterfactual replaces the whole object, so bounding boxes, masks or keypoints of the "
-                "sample would no longer match it. Pass labels_getter=None to keep the real object's shape instead."
+                f"A counterfactual of shape={shape!r} replaces the whole object (with a generated shape of the label's "
+                "class), so bounding boxes, masks or keypoints of the sample would no longer match it. Pass "
+                "shape='real' to keep the real object's shape instead."
             )
         explicit = [i for i, leaf in enumerate(flat) if isinstance(leaf, (PIL.Image.Image, tv_tensors.Image))]
         # As in torchvision: without a PIL image or tv_tensors.Image, the first plain tensor is the image.
@@ -291,18 +319,22 @@ class CounterfactualAugment(Transform):
             raise ValueError(f"CounterfactualAugment expects one image per sample, but found {len(candidates)}.")
         return candidates[0]
 
-    def _check_image_only(self, backend: Backend) -> None:
-        if not backend.has_mask_estimator:
+    def _resolve_shape(self, backend: Backend, labelled: bool) -> str:
+        """The kind of this call's counterfactuals (``resolve_shape``), checking what keeping the real shape needs."""
+        if not labelled and self.shape != "generated" and not backend.has_mask_estimator:
             raise ValueError(
                 f"CounterfactualAugment got an image without its label, and backend {backend.name!r} (weights "
                 f"{backend.weights_name!r}) has no mask estimator for real images: it can only generate whole "
                 "counterfactuals, which need the label as their shape class. A label is never invented.\n" + PLACEMENTS
             )
-        if not self.vary:
+        shape = resolve_shape(self.shape, labelled, backend)
+        if shape != "generated" and not self.vary:
             raise ValueError(
-                "vary=() leaves nothing to swap in image-only mode (no label, so the real object's shape, texture "
-                "and background would all be kept). Pass vary=('texture', 'background') or a subset."
+                f"vary=() leaves nothing to swap where the real object's shape is kept (shape={shape!r}: its texture "
+                "and background would be kept too). Pass vary=('texture', 'background') or a subset, or "
+                "shape='generated' with labels."
             )
+        return shape
 
     def _match_channels(self, batch: torch.Tensor, backend: Backend) -> tuple[torch.Tensor, bool]:
         """Bring the images to the backend's channels, or raise; also say whether a new tensor was made."""
@@ -315,17 +347,13 @@ class CounterfactualAugment(Transform):
         if channels == backend.channels:
             return batch, False
         if channels == 1 and backend.channels == 3:
-            if self.grayscale_to_rgb:
-                return kornia.color.grayscale_to_rgb(batch), True
-            raise ValueError(
-                f"The image has 1 channel, but backend {backend.name!r} generates RGB images, so outputs would have "
-                "1 or 3 channels depending on p and would not collate. Pass grayscale_to_rgb=True to convert every "
-                "output, real pass-through images included, to RGB."
-            )
+            # Grayscale in, grayscale out: ``render`` makes the luma of an RGB counterfactual.
+            return (kornia.color.grayscale_to_rgb(batch), True) if self.grayscale_to_rgb else (batch, False)
         raise ValueError(
             f"The image has {channels} channels, but backend {backend.name!r} generates {backend.channels}-channel "
-            "images. Only grayscale-to-RGB is converted (grayscale_to_rgb=True); convert other images before "
-            "CounterfactualAugment, e.g. PIL image.convert('RGB') or v2.Grayscale(num_output_channels=...)."
+            "images. Only grayscale images are accepted by an RGB backend (grayscale out, or RGB with "
+            "grayscale_to_rgb=True); convert other images before CounterfactualAugment, e.g. PIL "
+            "image.convert('RGB') or v2.Grayscale(num_output_channels=...)."
         )
 
     def _take(self, backend: Backend, kind: ImageKind, use_bank: bool) -> Take:
@@ -344,8 +372,12 @@ class CounterfactualAugment(Transform):
         want_record: bool = True,
     ) -> tuple[Any, dict[str, torch.Tensor] | None]:
         """The one place CounterfactualAugment applies parameters: returns the output and (if wanted) its record."""
+        if not kind.is_pil and image.requires_grad:
+            # Images are data here: the generator is not differentiated through, so the output is detached.
+            image = image.detach()
         batch = to_batch(image, kind)
         backend = self._handle.backend(batch.device)
+        self._handle.check_domain(backend, batch.shape[-2], batch.shape[-1], type(self).__name__)
         batch, converted = self._match_channels(batch, backend)
         if kind.is_float:
             check_value_range(batch)

@@ -7,6 +7,7 @@ a ``tv_tensors.Image``, on the same device and at the same size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +56,14 @@ def inspect_image(inpt: Any, arg: str = "image") -> ImageKind:
                 f"`{arg}` should be a PIL image of mode 'L' or 'RGB', but got mode {inpt.mode!r}. "
                 "Convert it first, e.g. image.convert('RGB')."
             )
+        check_not_empty(inpt.height, inpt.width, arg)
         return ImageKind(is_pil=True, batched=False, dtype=torch.uint8, tv_image=False)
     if isinstance(inpt, torch.Tensor):
         if inpt.ndim not in (3, 4):
             raise ValueError(
                 f"`{arg}` should be a tensor of shape (C, H, W) or (B, C, H, W), but got shape {tuple(inpt.shape)}."
             )
+        check_not_empty(inpt.shape[-2], inpt.shape[-1], arg)
         if inpt.dtype != torch.uint8 and not inpt.dtype.is_floating_point:
             raise TypeError(
                 f"`{arg}` should be a uint8 tensor or a float tensor in [0, 1], but got dtype {inpt.dtype}. "
@@ -70,6 +73,12 @@ def inspect_image(inpt: Any, arg: str = "image") -> ImageKind:
             is_pil=False, batched=inpt.ndim == 4, dtype=inpt.dtype, tv_image=isinstance(inpt, tv_tensors.Image)
         )
     raise TypeError(f"`{arg}` should be a PIL image, a tensor or a tv_tensors.Image, but got {type(inpt).__name__}.")
+
+
+def check_not_empty(height: int, width: int, arg: str = "image") -> None:
+    """Raise a ValueError for an image without pixels (a height or width of 0): it has nothing to replace."""
+    if height < 1 or width < 1:
+        raise ValueError(f"`{arg}` should be at least 1x1 pixels, but got an empty image of {height}x{width}.")
 
 
 def to_batch(inpt: Any, kind: ImageKind) -> torch.Tensor:
@@ -89,11 +98,17 @@ def from_batch(batch: torch.Tensor, kind: ImageKind, like: Any) -> Any:
 
 
 def check_value_range(batch: torch.Tensor, arg: str = "image") -> None:
-    """Raise a ValueError when a float image lies outside [0, 1] (for instance, after Normalize)."""
+    """Raise a ValueError when a float image lies outside [0, 1] (for instance, after Normalize) or holds NaN."""
     if batch.numel() == 0:
         return
-    low, high = torch.aminmax(batch)
+    # min and max propagate NaN, so one pass finds both faults; detach: reading the values is no graph op.
+    low, high = torch.aminmax(batch.detach())
     low, high = float(low), float(high)
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError(
+            f"`{arg}` should be a float image with values in [0, 1], but it contains NaN values; a counterfactual "
+            "of them would be NaN too. Check the images before the transform."
+        )
     if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         raise ValueError(
             f"`{arg}` should be a float image with values in [0, 1], but got values in [{low:.3g}, {high:.3g}]. "

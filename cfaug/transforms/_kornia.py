@@ -10,14 +10,16 @@ from kornia.augmentation import IntensityAugmentationBase2D
 
 from cfaug._utils import check_probability
 from cfaug.backends.base import Backend
-from cfaug.transforms._image import check_value_range, to_unit_float
+from cfaug.transforms._image import check_not_empty, check_value_range, to_unit_float
 from cfaug.transforms._params import (
     FROM_REAL,
     RECORD_KEYS,
-    attach_labels,
+    attach_shapes,
     check_labels,
+    check_shape,
     check_vary,
     make_record,
+    resolve_shape,
     sample_params,
 )
 from cfaug.transforms._render import BackendHandle, direct_take, render
@@ -37,8 +39,16 @@ class RandomCounterfactual(IntensityAugmentationBase2D):
       alone): the real object's mask from the backend's ``estimate_mask`` is kept, and its texture and/or
       background (``vary``) are swapped for generated ones of uniformly drawn classes. Masks, boxes and
       keypoints pass through unchanged, since the object keeps its shape.
-    * **Label-aware** (``aug(images, labels=labels)``, called directly): each gated sample becomes a generated
-      counterfactual whose shape class is its label; the label stays true.
+    * **Label-aware** (``aug(images, labels=labels)``, called directly): ``shape`` picks the kind, as in
+      ``CounterfactualAugment``: ``"generated"`` makes each gated sample a generated counterfactual whose shape
+      class is its label, ``"real"`` keeps the real shape as in the image-only mode, ``"mixed"`` picks either per
+      sample (a fair coin from the global torch RNG), and ``"auto"`` (the default) the kind the backend's weights
+      recommend (``"generated"`` when they name none). The labels stay true.
+
+    A 1-channel batch into an RGB backend comes back 1-channel, the luma of the RGB counterfactual (the mask
+    estimator sees the image replicated to three channels). Images more than 2x larger or smaller than the
+    backend's get one ``UserWarning`` per augmentation. An empty image or NaN values are errors; an input that
+    requires grad gives a detached output.
 
     The parameters of the last call, ``aug._params`` (kornia's convention), hold the classes and seeds
     (``shape``, ``texture``, ``background``, ``seed_<mechanism>``; ``-1`` = from the real image) and replay the
@@ -52,10 +62,13 @@ class RandomCounterfactual(IntensityAugmentationBase2D):
         p: probability of replacing each sample.
         p_batch: probability of applying the augmentation to the batch at all.
         same_on_batch: one gate, one set of classes and one seed per mechanism for the whole batch.
+        shape: the kind of counterfactual of labelled calls: ``"auto"``, ``"real"``, ``"generated"`` or
+            ``"mixed"``; without labels only ``"real"`` is possible (``"generated"`` is then an error).
         keepdim: keep a ``(C, H, W)`` input's shape instead of returning ``(1, C, H, W)``.
 
     Shape:
-        - Input: :math:`(C, H, W)` or :math:`(B, C, H, W)`, float in [0, 1], ``C`` equal to the backend's channels.
+        - Input: :math:`(C, H, W)` or :math:`(B, C, H, W)`, float in [0, 1], ``C`` equal to the backend's channels
+          (or 1 for an RGB backend).
         - Output: :math:`(B, C, H, W)`, same dtype and device.
 
     Examples:
@@ -75,6 +88,7 @@ class RandomCounterfactual(IntensityAugmentationBase2D):
         p_batch: float = 1.0,
         same_on_batch: bool = False,
         keepdim: bool = False,
+        shape: str = "auto",
     ) -> None:
         super().__init__(
             p=check_probability(p),
@@ -84,7 +98,8 @@ class RandomCounterfactual(IntensityAugmentationBase2D):
         )
         self._handle = BackendHandle(backend, weights)
         self.vary = check_vary(vary)
-        self.flags = {"backend": self._handle.name, "vary": self.vary}
+        self.shape = check_shape(shape)
+        self.flags = {"backend": self._handle.name, "vary": self.vary, "shape": self.shape}
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Draw the varied classes and one seed per mechanism and sample (kornia's parameter hook)."""
@@ -105,16 +120,20 @@ class RandomCounterfactual(IntensityAugmentationBase2D):
                 mismatch, or image-only use of a backend without a mask estimator.
             TypeError: labels or images of the wrong type.
         """
+        # Images are data here: the generator is not differentiated through, so the output is detached.
+        input = input.detach()  # noqa: A001
+        backend = self._handle.backend()
+        if labels is None and self.shape == "generated" and params is None:
+            resolve_shape(self.shape, False, backend)  # raises: a label is never invented
         if labels is not None:
             batch = self.transform_tensor(input)
             labels = check_labels(
-                labels,
-                batch_size=batch.shape[0],
-                batched=input.ndim == 4,
-                num_classes=self._handle.backend().num_classes,
+                labels, batch_size=batch.shape[0], batched=input.ndim == 4, num_classes=backend.num_classes
             )
-            params = dict(self.forward_parameters(batch.shape) if params is None else params)
-            params = attach_labels(params, labels, self.vary)
+            if params is None:
+                params = self.forward_parameters(batch.shape)
+                shape = resolve_shape(self.shape, True, backend)
+                params = attach_shapes(params, labels, self.vary, shape, same_on_batch=self.same_on_batch)
         return super().forward(input, params=params, **kwargs)
 
     def _applied(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -138,11 +157,13 @@ class RandomCounterfactual(IntensityAugmentationBase2D):
                 f"`params` lacks {missing}: pass the parameters of this augmentation (aug._params) or none."
             )
         backend = self._handle.backend(input.device)
-        if input.shape[1] != backend.channels:
+        if input.shape[1] != backend.channels and not (input.shape[1] == 1 and backend.channels == 3):
             raise ValueError(
                 f"The images have {input.shape[1]} channels, but backend {backend.name!r} generates "
                 f"{backend.channels}-channel images; convert them first (e.g. kornia.color.grayscale_to_rgb)."
             )
+        check_not_empty(input.shape[-2], input.shape[-1])
+        self._handle.check_domain(backend, input.shape[-2], input.shape[-1], type(self).__name__)
         check_value_range(input)
         classes = {key: params[key].reshape(-1).cpu() for key in RECORD_KEYS[1:]}
         if bool((classes["shape"] == FROM_REAL).any()):

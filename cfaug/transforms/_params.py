@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torchvision.transforms.v2.functional import is_pure_tensor
 
+from cfaug._utils import verify_str_arg
 from cfaug.backends.base import MECHANISMS
 
 # One check and one name for the mechanisms a counterfactual may vary (the shape class is the label), shared with
@@ -139,6 +140,91 @@ def attach_labels(params: dict[str, torch.Tensor], labels: torch.Tensor, vary: t
         if mechanism not in vary:
             params[mechanism] = labels.clone()
     return params
+
+
+# ----------------------------------------------------------------------------------------------- shape kinds
+#: The kinds of counterfactual, the values of ``shape=``: see ``resolve_shape``.
+SHAPES: tuple[str, ...] = ("auto", "real", "generated", "mixed")
+#: What ``shape="auto"`` means for labelled samples when the backend's weights recommend nothing
+#: (their metadata key ``default_shape``, exposed as the backend attribute of that name).
+DEFAULT_LABELLED_SHAPE = "generated"
+
+
+def check_shape(shape: Any) -> str:
+    """Return ``shape`` after checking that it is one of ``SHAPES``."""
+    return verify_str_arg(shape, "shape", SHAPES)
+
+
+def recommended_shape(backend: Any) -> str:
+    """The kind ``shape="auto"`` picks for labelled samples: the weights' ``default_shape``, else the default.
+
+    A backend without a mask estimator can only make the generated kind.
+    """
+    if not backend.has_mask_estimator:
+        return "generated"
+    value = getattr(backend, "default_shape", None)
+    if value is None:
+        return DEFAULT_LABELLED_SHAPE
+    if value not in SHAPES[1:]:
+        raise ValueError(
+            f"Backend {backend.name!r} (weights {backend.weights_name!r}) recommends default_shape={value!r}, but it "
+            f"should be one of {list(SHAPES[1:])}; pass shape=... explicitly."
+        )
+    return value
+
+
+def resolve_shape(shape: str, labelled: bool, backend: Any) -> str:
+    """The kind of counterfactual for a call: ``"real"``, ``"generated"`` or ``"mixed"``.
+
+    ``"auto"`` is the backend's recommendation with labels and ``"real"`` without; ``"mixed"`` without labels is
+    ``"real"`` (no label, no class to generate a shape of).
+
+    Raises:
+        ValueError: ``"generated"`` without labels (a label is never invented), or a kind that needs the real
+            object's shape on a backend without a mask estimator.
+    """
+    if shape == "auto":
+        shape = recommended_shape(backend) if labelled else "real"
+    elif shape == "mixed" and not labelled:
+        shape = "real"
+    if shape == "generated" and not labelled:
+        raise ValueError(
+            "shape='generated' makes the shape of the label's class, but the sample has no label (a label is never "
+            "invented). Pass (image, label) pairs, or shape='real' to keep the real object's shape."
+        )
+    if shape in ("real", "mixed") and not backend.has_mask_estimator:
+        raise ValueError(
+            f"shape={shape!r} keeps the real object's shape, but backend {backend.name!r} (weights "
+            f"{backend.weights_name!r}) has no mask estimator for real images; use shape='generated' with labels."
+        )
+    return shape
+
+
+def attach_shapes(
+    params: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    vary: tuple[str, ...],
+    shape: str,
+    *,
+    same_on_batch: bool = False,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Give labelled samples the resolved kind: generated (``attach_labels``), real (unchanged) or mixed.
+
+    ``"mixed"`` draws one fair coin per sample (one for the batch with ``same_on_batch``) from ``generator``:
+    heads, the label's generated shape; tails, the real object's shape.
+    """
+    if shape == "real":
+        return params
+    if shape == "generated":
+        return attach_labels(params, labels, vary)
+    draws = 1 if same_on_batch else len(labels)
+    generated = (torch.rand(draws, generator=generator) < 0.5).expand(len(labels))
+    with_labels = attach_labels(params, labels, vary)
+    return {
+        key: torch.where(generated, with_labels[key], value) if key in MECHANISMS else value
+        for key, value in params.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------- labels

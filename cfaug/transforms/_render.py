@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import kornia.color
 import torch
 from kornia.geometry.transform import resize
 
@@ -23,6 +25,9 @@ from cfaug.functional import composite
 from cfaug.registry import get_backend_class
 from cfaug.seeding import draw_seeds, mix_seed
 from cfaug.transforms._params import FROM_REAL
+
+#: Images more than this factor larger or smaller than the backend's (either side) get a warning.
+OUT_OF_DOMAIN_FACTOR = 2
 
 #: ``take(mechanism, classes, seeds) -> (components, seeds actually used)``: where generated parts come from.
 Take = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -70,6 +75,7 @@ class BackendHandle:
         if weights is not None and not isinstance(weights, (str, os.PathLike)):
             raise TypeError(f"`weights` should be a name, a path or None, but got {type(weights).__name__}.")
         self._base_generator: torch.Generator | None = generator
+        self._warned_domain = False
         self._reset_process_state()
 
     def _reset_process_state(self) -> None:
@@ -136,6 +142,28 @@ class BackendHandle:
         if self._model.training:
             self._model.eval()
         return self._model
+
+    def check_domain(self, backend: Backend, height: int, width: int, owner: str) -> None:
+        """Warn, once per transform, when images are more than 2x larger or smaller than the backend's.
+
+        A generator trained at one size gives blurry or aliased parts far from it, and a mask estimator sees
+        objects at a scale it never learnt; the output is still made, so this is a warning, not an error.
+        """
+        if self._warned_domain:
+            return
+        size = backend.image_size
+        if max(height, width) <= OUT_OF_DOMAIN_FACTOR * size and OUT_OF_DOMAIN_FACTOR * min(height, width) >= size:
+            return
+        self._warned_domain = True
+        warnings.warn(
+            f"{owner} got an image of {height}x{width} pixels, but backend {backend.name!r} (weights "
+            f"{backend.weights_name!r}) makes {size}x{size} images: more than {OUT_OF_DOMAIN_FACTOR}x away, so its "
+            "parts are resized that far and may look blurry or wrong. Use weights made for images of this size "
+            "(see the Backends page of the documentation, docs/api/backends.md) or resize the images first. "
+            "This warning is shown once per transform.",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def bank(self, size: int, reuse: int) -> ComponentBank:
         """The component bank of this process, rebuilt when its settings change."""
@@ -234,9 +262,14 @@ def render(
     three parts are generated, the composite is made at the backend's size and then resized (the backend's own
     image); otherwise the generated parts are resized to the real image's size first.
 
+    Samples whose shape is generated and samples that keep the real shape (``shape="mixed"``) are rendered as
+    two groups. Grayscale images for an RGB backend are rendered in RGB (the real image replicated to three
+    channels, which is also what the mask estimator sees) and come back as the luma of the composite.
+
     Args:
         backend: the backend, on the device of ``real``.
-        real: the real images of the samples to replace, ``(n, C, H, W)`` float in [0, 1].
+        real: the real images of the samples to replace, ``(n, C, H, W)`` float in [0, 1], with ``C`` the
+            backend's channels, or 1 for an RGB backend.
         params: ``(n,)`` CPU tensors ``shape``, ``texture``, ``background`` and ``seed_<mechanism>``.
         take: where generated parts come from (``direct_take`` or a bank).
 
@@ -245,9 +278,16 @@ def render(
         was made with, per mechanism.
 
     Raises:
-        ValueError: a mechanism mixes generated and real parts across samples, or a part must come from the
-            real image's mask and the backend has no mask estimator.
+        ValueError: within one kind of shape, a mechanism mixes generated and real parts across samples, or a
+            part must come from the real image's mask and the backend has no mask estimator.
     """
+    if real.shape[1] == 1 and backend.channels == 3:
+        # ITU-R 601 luma (0.299, 0.587, 0.114), as PIL's convert("L"): a gray pixel kept real stays the same.
+        rgb, seeds_used = render(backend, real.expand(-1, 3, -1, -1), params, take)
+        return kornia.color.rgb_to_grayscale(rgb), seeds_used
+    real_shape = params["shape"] == FROM_REAL
+    if bool(real_shape.any()) and not bool(real_shape.all()):
+        return _render_groups(backend, real, params, take, real_shape)
     size = (real.shape[-2], real.shape[-1])
     generated: dict[str, torch.Tensor] = {}
     seeds_used: dict[str, torch.Tensor] = {}
@@ -275,3 +315,18 @@ def render(
     foreground = resize_to(generated["texture"], size) if "texture" in generated else real
     background = resize_to(generated["background"], size) if "background" in generated else real
     return composite(mask, foreground, background), seeds_used
+
+
+def _render_groups(
+    backend: Backend, real: torch.Tensor, params: dict[str, torch.Tensor], take: Take, real_shape: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``render`` the samples that keep the real shape and those whose shape is generated apart, then merge."""
+    out = torch.empty_like(real)
+    seeds_used: dict[str, torch.Tensor] = {}
+    for rows in (real_shape.nonzero()[:, 0], (~real_shape).nonzero()[:, 0]):
+        images, seeds = render(backend, real[rows.to(real.device)], {k: v[rows] for k, v in params.items()}, take)
+        out[rows.to(real.device)] = images
+        for mechanism, used in seeds.items():
+            # Rows of the other group keep their drawn seed; the record hides it where the part is real.
+            seeds_used.setdefault(mechanism, params[f"seed_{mechanism}"].clone())[rows] = used
+    return out, seeds_used

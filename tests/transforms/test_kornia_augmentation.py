@@ -160,7 +160,7 @@ def test_bad_settings(kwargs, error, match):
     [
         (torch.rand(4, 3, 8, 8), torch.tensor([0, 1]), ValueError, r"shape \(4,\)"),
         (torch.rand(2, 3, 8, 8), torch.tensor([0, 9]), ValueError, r"\[0, 3\]"),
-        (torch.rand(2, 1, 8, 8), None, ValueError, "1 channels"),
+        (torch.rand(2, 2, 8, 8), None, ValueError, "2 channels"),
         (torch.rand(2, 3, 8, 8) + 1, None, ValueError, r"\[0, 1\]"),
     ],
 )

@@ -21,6 +21,7 @@ def test_counterfactual_augment_keeps_the_contract(backend):
         lambda **kwargs: CounterfactualAugment(backend, **kwargs),
         num_classes=backend.num_classes,
         image_only=backend.has_mask_estimator,
+        size=backend.image_size,
     )
 
 
@@ -29,6 +30,7 @@ def test_random_counterfactual_keeps_the_contract(backend):
         lambda **kwargs: RandomCounterfactual(backend, keepdim=True, **kwargs),
         kinds=("float32", "batch_float"),
         num_classes=backend.num_classes,
+        size=backend.image_size,
         call=kornia_call,
         image_only=backend.has_mask_estimator,
         same_object_at_p0=False,
