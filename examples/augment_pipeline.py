@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _common import add_common_arguments, pick_device
 from torch.utils.data import DataLoader, default_collate
 from torchvision.datasets import MNIST
 from torchvision.transforms import v2
@@ -40,8 +39,12 @@ class CounterfactualCollate:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="named weights of the mnist backend or a checkpoint (default: colored_mnist)")
+    parser.add_argument("--data-root", default="data", help="the folder holding torchvision's MNIST/")
+    parser.add_argument("--download", action="store_true", help="download MNIST into --data-root if it is missing")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    parser.add_argument("--quick", action="store_true", help="one batch per placement, seconds (the tests use it)")
     return parser
 
 
@@ -69,15 +72,16 @@ def main() -> None:
     # --8<-- [start:image-only]
     # MNIST(transform=...) and ImageFolder(transform=...) call the transform with the image alone. Without the
     # label the transform keeps the real digit's shape, estimated by the mask estimator that ships with the
-    # weights, and swaps its texture and background for generated ones (image-only mode).
-    image_only = cfaug.CounterfactualAugment(backend, p=1.0, grayscale_to_rgb=True)  # plain MNIST is grayscale
+    # weights, and swaps its texture and background for generated ones (shape="real", what "auto" means here).
+    # Plain MNIST is grayscale: the counterfactual comes back grayscale too (its luma), for a 1-channel model.
+    image_only = cfaug.CounterfactualAugment(backend, p=1.0)
     mnist = MNIST(args.data_root, train=True, transform=v2.Compose([v2.ToImage(), image_only]))
     try:
         image, label = mnist[0]
     except ValueError as error:  # weights without a mask estimator, e.g. a fresh train_cgn.py checkpoint
         print("transform= (image only):", str(error).splitlines()[0])
     else:
-        print(f"transform= (image only): MNIST digit {label} kept its shape, now {tuple(image.shape)} in colour")
+        print(f"transform= (image only): MNIST digit {label} kept its shape, now {tuple(image.shape)}, new texture")
     # --8<-- [end:image-only]
 
     # --8<-- [start:collate]
@@ -94,7 +98,7 @@ def main() -> None:
     # --8<-- [start:after-loader]
     # Place 3: after the DataLoader, on the batch, on the GPU when there is one. The backend follows the
     # batch's device on first use.
-    device = pick_device()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loader = DataLoader(plain_set, batch_size=256, shuffle=True, num_workers=args.workers)
     for step, (images, labels) in enumerate(loader):
         images, labels = images.to(device), labels.to(device)

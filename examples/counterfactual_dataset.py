@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-from _common import add_common_arguments
 from torch.utils.data import DataLoader
 
 import cfaug
@@ -21,7 +20,11 @@ from cfaug.datasets import ColoredMNIST, MixedDataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="the CGN that generates: named mnist weights or a checkpoint path")
+    parser.add_argument("--data-root", default="data", help="holds torchvision's MNIST/ (the real data to mix in)")
+    parser.add_argument("--download", action="store_true", help="download MNIST into --data-root when absent")
+    parser.add_argument("--quick", action="store_true", help="64 counterfactuals instead of --size (for the tests)")
     parser.add_argument("--out", required=True, help="folder of the saved dataset")
     parser.add_argument("--size", type=int, default=20_000, help="number of counterfactuals")
     parser.add_argument("--workers", type=int, default=2, help="processes that generate and write in parallel")

@@ -18,13 +18,14 @@ import os
 
 import torch
 import torch.distributed as dist
-from _common import add_common_arguments
 
 import cfaug
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), data=False)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="named weights of the mnist backend or a checkpoint path, on every rank")
+    parser.add_argument("--quick", action="store_true", help="96 items in small chunks, seconds (for the tests)")
     parser.add_argument("--out", required=True, help="folder of the saved dataset (shared by all ranks)")
     parser.add_argument("--size", type=int, default=100_000, help="number of counterfactuals")
     parser.add_argument("--workers", type=int, default=2, help="generating processes per rank on a CPU")

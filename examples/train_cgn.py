@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import add_common_arguments
 from torchvision.datasets import MNIST
 from torchvision.utils import save_image
 
@@ -48,7 +47,10 @@ QUICK = dict(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), weights=False)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", default="data", help="the folder of torchvision's MNIST/ training data")
+    parser.add_argument("--download", action="store_true", help="fetch MNIST into --data-root before training")
+    parser.add_argument("--quick", action="store_true", help="4 steps through every stage, seconds (for the tests)")
     parser.add_argument("--variant", choices=VARIANTS, default="colored_mnist", help="the MNIST variant")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/colored_mnist"), help="the run folder")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")

@@ -18,7 +18,6 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from _common import add_common_arguments, pick_device
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
@@ -58,7 +57,11 @@ def accuracy(model: nn.Module, dataset: torch.utils.data.Dataset, device: torch.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = add_common_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", help="the CGN: named weights of the mnist backend or a checkpoint path")
+    parser.add_argument("--data-root", default="data", help="where torchvision's MNIST/ is (or goes, with --download)")
+    parser.add_argument("--download", action="store_true", help="download MNIST first if --data-root lacks it")
+    parser.add_argument("--quick", action="store_true", help="20 training steps on a small test split (for the tests)")
     parser.add_argument("--counterfactual-p", type=float, default=0.5, help="share of images replaced (0: baseline)")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the 50,000 training images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the data order and the draws")
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     torch.manual_seed(args.seed)
-    device = pick_device()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backend = cfaug.load_backend("mnist", weights=args.weights)
     train_set = ColoredMNIST(args.data_root, train=True, download=args.download)
     test_set = ColoredMNIST(args.data_root, train=False)  # colours drawn at random: shape is all that is left

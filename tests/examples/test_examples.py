@@ -24,7 +24,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import PLUGIN, shared_path, write_dist_info
+from conftest import PLUGIN, shared_path, write_dist_info, write_mnist_idx
 
 import cfaug
 from cfaug.backends.mnist import MnistBackend
@@ -60,7 +60,7 @@ def _example(name: str, *args: str | Path, cwd: Path, extra_path: list[Path] = (
 
 
 def _import_path(path: Path) -> ModuleType:
-    """Import a script by path (its folder on sys.path, for the examples' ``_common``) without running main()."""
+    """Import a script by path (its folder on sys.path) without running main()."""
     sys.path.insert(0, str(path.parent))
     try:
         spec = importlib.util.spec_from_file_location(f"_doc_{path.stem}", path)
@@ -113,8 +113,9 @@ def mnist_root() -> Path:
 def test_augment_pipeline_example(mnist_root: Path, tmp_path: Path) -> None:
     out = _example("augment_pipeline.py", "--quick", "--data-root", mnist_root, cwd=tmp_path)
     assert "dataset transforms=: a batch (64, 3, 32, 32) from 2 workers" in out
-    # The default (shipped) weights hold a mask estimator, so a lone MNIST image keeps its shape and gains colour.
-    assert re.search(r"transform= \(image only\): MNIST digit \d kept its shape, now \(3, 28, 28\) in colour", out)
+    # The default (shipped) weights hold a mask estimator, so a lone MNIST image keeps its shape; grayscale in,
+    # grayscale out.
+    assert re.search(r"transform= \(image only\): MNIST digit \d kept its shape, now \(1, 28, 28\), new texture", out)
     assert "collate_fn: a batch (64, 3, 32, 32)" in out
     assert "replay matches: True" in out
 
@@ -203,8 +204,8 @@ def test_plugin_backend_round_trips_and_keeps_per_sample_seeds(tmp_path: Path, m
 def test_examples_default_to_the_shipped_weights() -> None:
     # The pages and examples run without --weights and rely on the default weights being shipped (no download)
     # and holding a mask estimator (the image-only placement of augment_pipeline.py).
-    common = _import_path(EXAMPLES / "_common.py")
-    assert common.add_common_arguments(argparse.ArgumentParser()).parse_args([]).weights is None
+    for script in ("augment_pipeline.py", "train_classifier.py"):
+        assert _import_path(EXAMPLES / script).build_parser().parse_args([]).weights is None
     backend = cfaug.load_backend("mnist")
     assert backend.weights_name == MnistBackend.default_weights == "colored_mnist"
     assert MnistBackend.named_weights[backend.weights_name].url is None
@@ -235,13 +236,81 @@ def _python_pages() -> list[Path]:
     ]
 
 
+def _fake_mnist(root: Path, size: int = 64) -> None:
+    """torchvision's MNIST files with ``size`` random digits per split, so ``MNIST("data", download=True)`` in a
+    page finds them and downloads nothing."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for prefix in ("train", "t10k"):
+        images = torch.randint(0, 256, (size, 28, 28), generator=generator, dtype=torch.uint8)
+        write_mnist_idx(raw, prefix, images.numpy(), (torch.arange(size) % 10).numpy())
+
+
 @pytest.mark.parametrize("page", _python_pages(), ids=lambda page: str(page.relative_to(DOCS)))
 def test_python_blocks_of_page_run(page: Path, tmp_path: Path) -> None:
+    # Pages use torchvision's MNIST in "data" (with download=True): a few fake digits stand in for it.
+    _fake_mnist(tmp_path / "data")
     blocks = [
         code for lang, code, reason, _ in _blocks(page) if lang == "python" and reason is None and not _is_include(code)
     ]
     (tmp_path / "page.py").write_text("\n\n".join(blocks) + "\n")
     _run([sys.executable, str(tmp_path / "page.py")], cwd=tmp_path)
+
+
+def _python_code(page: Path) -> str:
+    """The first python block of ``page`` (README.md or a docs page)."""
+    return next(code for lang, code, _, _ in _blocks(page) if lang == "python")
+
+
+def test_readme_shows_the_getting_started_one_liner() -> None:
+    # The README's first example is the one Getting started runs (test_python_blocks_of_page_run), word for word:
+    # the literal line on torchvision's MNIST into a 1-channel model.
+    code = _python_code(REPO / "README.md")
+    assert "cfaug.CounterfactualAugment(p=0.5)" in code and "datasets.MNIST(" in code and "nn.Conv2d(1," in code
+    assert code in [code for lang, code, _, _ in _blocks(DOCS / "getting-started.md") if lang == "python"]
+
+
+#: Pages a user who installed the wheel follows; their code must be complete on the page.
+TUTORIALS = [
+    "getting-started.md",
+    "concepts.md",
+    *(f"tutorials/{name}.md" for name in ("augment-pipeline", "training-loop", "counterfactual-dataset", "plugin")),
+    *(f"tutorials/{name}.md" for name in ("imagenet", "train-cgn", "distributed")),
+]
+
+
+def _top_modules(code: str) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("name", TUTORIALS)
+def test_tutorial_code_is_complete_on_its_page(name: str) -> None:
+    # A wheel ships cfaug, not examples/: whatever a page's code needs is on the page. A page that shows a section of
+    # a script shows the whole script too, and the scripts import only installed packages and what the page shows.
+    page = DOCS / name
+    text = page.read_text(encoding="utf-8")
+    assert "_common" not in text, f"{name} refers to the examples' helpers, which a wheel does not ship"
+    included = [match.group("path").partition(":") for match in _SNIPPET.finditer(text)]
+    whole = {path for path, _, section in included if not section}
+    for path, _, section in included:
+        assert not section or path in whole, f"{name} shows a part of {path} but not the whole file"
+    shown = {Path(path).parent.name for path in whole} | {Path(path).stem for path in whole}
+    codes = [code for lang, code, _, _ in _blocks(page) if lang == "python" and not _is_include(code)]
+    codes += [(REPO / path).read_text(encoding="utf-8") for path in whole if path.endswith(".py")]
+    for code in codes:
+        for module in _top_modules(code) - shown:
+            assert module in sys.stdlib_module_names or module in {"torch", "torchvision", "kornia", "cfaug"}, (
+                f"{name}: its code imports {module!r}, which neither cfaug's requirements nor the page provide"
+            )
 
 
 def test_not_run_blocks_are_rare_and_say_why() -> None:
