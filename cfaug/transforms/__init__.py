@@ -8,5 +8,6 @@
 
 from cfaug.transforms._augment import PLACEMENTS, CounterfactualAugment
 from cfaug.transforms._kornia import RandomCounterfactual
+from cfaug.transforms._params import DEFAULT_LABELLED_SHAPE, SHAPES
 
-__all__ = ["PLACEMENTS", "CounterfactualAugment", "RandomCounterfactual"]
+__all__ = ["DEFAULT_LABELLED_SHAPE", "PLACEMENTS", "SHAPES", "CounterfactualAugment", "RandomCounterfactual"]
