@@ -313,3 +313,14 @@ def test_inputs_that_require_grad_give_a_detached_output_without_warning(toy, p)
         batch = RandomCounterfactual(toy, p=p)(image[None].clone().requires_grad_())
     assert torch.equal(out, expected) and not out.requires_grad
     assert not alone.requires_grad and not batch.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_grayscale_mixed_kinds_on_a_cuda_batch():
+    toy = ToyBackend()
+    images, labels = torch.rand(16, 1, 8, 8, device="cuda"), (torch.arange(16) % 4).cuda()
+    (out, out_labels), record = seeded(backend=toy, p=1.0, shape="mixed", return_record=True)(images, labels)
+    assert out.device.type == "cuda" and out.shape == images.shape and out_labels is labels
+    assert 0 < int((record["shape"] == -1).sum()) < 16
+    out = RandomCounterfactual(toy, p=1.0, shape="mixed")(images, labels=labels)
+    assert out.device.type == "cuda" and out.shape == images.shape
