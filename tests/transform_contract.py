@@ -26,7 +26,10 @@ import PIL.Image
 import torch
 from torchvision import tv_tensors
 
-KINDS = ("pil", "uint8", "float32", "float64", "float16", "tv_image", "batch_float", "batch_uint8", "batch_tv_image")
+KINDS = (
+    *("pil", "uint8", "float32", "float64", "float16", "tv_image", "batch_float", "batch_uint8", "batch_tv_image"),
+    *("pil_gray", "gray_float", "batch_gray_uint8"),  # grayscale in, grayscale out (an RGB backend's luma)
+)
 TENSOR_KINDS = ("float32", "float64", "batch_float", "tv_image", "batch_tv_image")
 
 
@@ -37,11 +40,16 @@ def pil_rgb(size: int = 8, seed: int = 0) -> PIL.Image.Image:
 
 
 def make_input(kind: str, size: int = 8) -> tuple[Any, bool]:
-    """One 3-channel image of the given kind, and whether it is a batch (of 4)."""
+    """One 3-channel (1-channel for the ``gray`` kinds) image of the given kind, and whether it is a batch (of 4)."""
     generator = torch.Generator().manual_seed(1)
     float_image = torch.rand(3, size, size, generator=generator)
+    gray_batch = torch.rand(4, 1, size, size, generator=generator)
     return {
         "pil": lambda: (pil_rgb(size), False),
+        "pil_gray": lambda: (pil_rgb(size).convert("L"), False),
+        "gray_float": lambda: (gray_batch[0], False),
+        "batch_gray_uint8": lambda: ((gray_batch * 255).to(torch.uint8), True),
+        "batch_gray_float": lambda: (gray_batch, True),
         "uint8": lambda: ((float_image * 255).to(torch.uint8), False),
         "float32": lambda: (float_image, False),
         "float64": lambda: (float_image.double(), False),

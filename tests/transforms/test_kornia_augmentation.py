@@ -173,7 +173,7 @@ def test_keeps_the_transform_contract(toy):
     # keepdim=True: kornia batches a single image otherwise (test_p0_and_keepdim checks that).
     check_transform(
         lambda **kwargs: RandomCounterfactual(toy, keepdim=True, **kwargs),
-        kinds=("float32", "float64", "batch_float"),
+        kinds=("float32", "float64", "batch_float", "batch_gray_float"),
         call=kornia_call,
         same_object_at_p0=False,
         samples=False,

@@ -28,7 +28,7 @@ def test_counterfactual_augment_keeps_the_contract(backend):
 def test_random_counterfactual_keeps_the_contract(backend):
     check_transform(
         lambda **kwargs: RandomCounterfactual(backend, keepdim=True, **kwargs),
-        kinds=("float32", "batch_float"),
+        kinds=("float32", "batch_float", "batch_gray_float"),
         num_classes=backend.num_classes,
         size=backend.image_size,
         call=kornia_call,
