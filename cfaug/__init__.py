@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cfaug.backends.base import MECHANISMS, Backend, Components
-from cfaug.registry import get_backend_class, list_backends, load_backend, register_backend
+from cfaug.registry import WeightsInfo, get_backend_class, list_backends, list_weights, load_backend, register_backend
 from cfaug.version import __version__
 
 if TYPE_CHECKING:
@@ -23,9 +23,11 @@ __all__ = [
     "CounterfactualAugment",
     "CounterfactualDataset",
     "RandomCounterfactual",
+    "WeightsInfo",
     "__version__",
     "get_backend_class",
     "list_backends",
+    "list_weights",
     "load_backend",
     "register_backend",
 ]

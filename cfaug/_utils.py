@@ -95,6 +95,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = T
             processes but not across a power loss; callers that skip it must commit a checksummed record later.
     """
     path = Path(path)
+    if path.is_dir():  # refused before a temporary file is written beside it
+        raise IsADirectoryError(f"{str(path)!r} is a folder; expected the path of a file to write.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp creates the file private (0600); give it the permissions an ordinary open() would.

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cfaug.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from cfaug.checkpoint import Checkpoint, CheckpointError, build_checked, load_checkpoint, save_checkpoint
 from cfaug.functional import composite
 from cfaug.hub import Weights, WeightsError, resolve_weights
 from cfaug.names import MECHANISMS
@@ -268,15 +268,31 @@ class Backend(nn.Module, abc.ABC):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, **overrides: Any) -> Backend:
-        """Build the architecture described by ``checkpoint``, load its tensors (strictly), restore its provenance."""
+        """Build the architecture described by ``checkpoint``, load its tensors (strictly), restore its provenance.
+
+        The tensors are checked against the architecture before it is built (``cfaug.checkpoint.build_checked``):
+        an ``arch`` whose size does not match the file's tensors, missing, unexpected or mis-shaped keys, and
+        non-floating or non-finite tensors are refused without allocating the model.
+
+        Raises:
+            CheckpointError: the checkpoint is of another backend, or does not fit; the message names the file.
+        """
         meta = checkpoint.meta
+        source = checkpoint.source
         if meta.get("backend") != cls.name:
             raise CheckpointError(
-                f"This checkpoint was written by backend {meta.get('backend')!r}, not {cls.name!r}. "
+                f"{source} was written by backend {meta.get('backend')!r}, not {cls.name!r}. "
                 f"Load it with cfaug.load_backend({meta.get('backend')!r}, weights=...)."
             )
-        model = cls(**{**meta.get("arch", {}), **overrides})
-        model.load_state_dict(checkpoint.state_dict, strict=True)
+        arch = meta.get("arch", {})
+        if not isinstance(arch, dict):
+            raise CheckpointError(f"{source}: `arch` in its metadata should be a JSON object, but got {arch!r}.")
+        model = build_checked(
+            lambda: cls(**{**arch, **overrides}),
+            checkpoint.state_dict,
+            source,
+            f"the {cls.name!r} `arch` in its metadata",
+        )
         model.provenance = meta.get("provenance")
         return model
 

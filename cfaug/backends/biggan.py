@@ -41,7 +41,7 @@ import contextlib
 import copy
 import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,7 +51,7 @@ from torch import nn
 
 from cfaug._utils import check_positive_int, sha256_file, verify_str_arg
 from cfaug.backends.base import Backend
-from cfaug.checkpoint import CheckpointError, load_torch_state_dict, state_dict_problems
+from cfaug.checkpoint import CheckpointError, load_torch_state_dict, meta_state_dict, state_dict_problems
 from cfaug.hub import Weights
 from cfaug.models.biggan import (
     NAMED_BIGGANS,
@@ -433,7 +433,7 @@ class BigGANBackend(Backend):
                 f"{list(known)} (biggan_GT optional)."
             )
         variant, u2net_problems = _recognise_u2net(groups["u2net"])
-        reference = _shapes_only(lambda: _ppb().BigGAN(_ppb().BigGANConfig.from_dict(copy.deepcopy(biggan_config))))
+        reference = meta_state_dict(lambda: _ppb().BigGAN(_ppb().BigGANConfig.from_dict(copy.deepcopy(biggan_config))))
         report = []
         for name in (*_MECHANISM_MODULES, _AUTHORS_GT_MODULE):
             if name in groups:
@@ -474,16 +474,10 @@ def _recognise_u2net(state: Mapping[str, torch.Tensor]) -> tuple[str | None, lis
     """The U2-Net variant whose tensors match ``state`` exactly, or ``None`` and the closest variant's problems."""
     candidates = []
     for variant in U2NET_VARIANTS:
-        problems = state_dict_problems(state, _shapes_only(lambda v=variant: U2Net(v)))
+        problems = state_dict_problems(state, meta_state_dict(lambda v=variant: U2Net(v)))
         if not problems:
             return variant, []
         # Each problem line starts with its count; the variant with the fewest differences is the likeliest intent.
         candidates.append((sum(int(p.split(" ", 1)[0]) for p in problems), variant, problems))
     _, variant, problems = min(candidates)
     return None, [f"closest variant {variant!r} has {p}" for p in problems]
-
-
-def _shapes_only(build: Callable[[], nn.Module]) -> dict[str, torch.Tensor]:
-    """The state dict of the module ``build`` makes, on the meta device: names and shapes without memory or init."""
-    with torch.device("meta"):
-        return build().state_dict()

@@ -10,7 +10,7 @@ import argparse
 import inspect
 from pathlib import Path
 
-from cfaug.registry import BackendImportError, get_backend_class, list_backends
+from cfaug.registry import BackendImportError, get_backend_class, list_backends, list_weights, plugin_conflicts
 
 __all__ = [
     "GPU_GENERATION_BATCH",
@@ -35,7 +35,8 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_list_command(args: argparse.Namespace) -> int:
-    """Run ``cfaug list`` with parsed ``args``; returns the exit code."""
+    """Run ``cfaug list`` with parsed ``args``; returns the exit code (0, even when a plugin is unavailable)."""
+    conflicts = plugin_conflicts()
     for name in list_backends(args.pattern):
         try:
             cls = get_backend_class(name)
@@ -43,11 +44,14 @@ def run_list_command(args: argparse.Namespace) -> int:
             print(f"{name:10s} unavailable: {error}")
             continue
         print(f"{name:10s} {cls.__module__}.{cls.__qualname__}")
-        if not cls.named_weights:
+        for other in conflicts.get(name, ()):
+            print(f"           ! also declared by {other}: ignored (the name is taken)")
+        weights = list_weights(name)
+        if not weights:
             print("           (no named weights)")
-        for weight in cls.named_weights.values():
-            default = " [default]" if weight.name == cls.default_weights else ""
-            where = "shipped" if weight.url is None else "download"
+        for weight in weights:
+            default = " [default]" if weight.default else ""
+            where = "shipped" if weight.shipped else "download"
             print(f"           - {weight.name}{default} ({where}) {weight.description}")
     return 0
 
@@ -186,6 +190,13 @@ def add_import_weights_arguments(parser: argparse.ArgumentParser) -> None:
 def run_import_weights_command(args: argparse.Namespace) -> int:
     """Run ``cfaug import-weights`` with parsed ``args``; returns the exit code."""
     cls = get_backend_class(args.backend)
+    # Refused before the (long) conversion and before any temporary file is written beside it.
+    if args.out.is_dir():
+        raise IsADirectoryError(
+            f"`--out` should name the .safetensors file to write, but {str(args.out)!r} is a folder."
+        )
+    if args.out.exists() and not args.out.is_file():
+        raise ValueError(f"`--out` should name a regular file to write, but {str(args.out)!r} is not one.")
     backend = cls.import_weights(args.source, config=args.config)
     backend.save(args.out)
     print(f"Wrote {args.out} ({cls.name} backend, from {args.source})")

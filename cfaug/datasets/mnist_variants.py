@@ -208,7 +208,9 @@ class _BiasedMNIST(VisionDataset):
         try:
             source = MNIST(self.root, train=True, download=download)
         except RuntimeError as error:
-            raise RuntimeError(
+            # A FileNotFoundError (the data is missing: `cfaug` reports it in one line) that is still the
+            # RuntimeError torchvision raises, for callers that catch that.
+            raise type("MNISTNotFoundError", (FileNotFoundError, RuntimeError), {"__module__": __name__})(
                 f"{type(self).__name__} could not load the MNIST training set from {os.path.join(self.root, 'MNIST')}: "
                 f"{error}"
             ) from error

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cfaug._utils import check_positive_int, sha256_file, verify_str_arg
-from cfaug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cfaug.checkpoint import CheckpointError, build_checked, load_checkpoint, save_checkpoint
 
 __all__ = [
     "CLASSIFIER_KIND",
@@ -377,7 +377,8 @@ def load_classifier(path: str | os.PathLike[str], map_location: str | torch.devi
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is not a cfaug classifier checkpoint.
+        CheckpointError: the file is not a cfaug classifier checkpoint, or its tensors do not fit its ``arch``
+            (missing, unexpected, mis-shaped, non-floating or non-finite tensors).
     """
     checkpoint = load_checkpoint(path, map_location=map_location)
     meta = checkpoint.meta
@@ -387,8 +388,11 @@ def load_classifier(path: str | os.PathLike[str], map_location: str | torch.devi
             f"{str(path)!r} is not a classifier checkpoint (kind {meta.get('kind')!r}, expected "
             f"{CLASSIFIER_KIND!r}).{hint}"
         )
-    model = EnsembleClassifier(**meta["arch"])
-    model.load_state_dict(checkpoint.state_dict, strict=True)
+    arch = meta.get("arch")
+    if not isinstance(arch, dict):
+        raise CheckpointError(f"{checkpoint.source}: `arch` in its metadata should be a JSON object, but got {arch!r}.")
+    # Checked on the meta device first: a wrong or tampered `arch` is refused before anything is allocated.
+    model = build_checked(lambda: EnsembleClassifier(**arch), checkpoint.state_dict, checkpoint.source)
     model.meta = meta
     return model.to(map_location).eval()
 

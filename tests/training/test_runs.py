@@ -144,3 +144,82 @@ def test_run_steps_checkpoints_and_stops_when_asked():
         )
     assert [event for event in run.events if event[0] == "checkpoint"] == [("checkpoint", 2)]
     assert barriers == [2]
+
+
+# ------------------------------------------------------------------------------------ owned and locked run folders
+def _folder(path, kind="test.state"):
+    from cfaug.engine.folder import RunFolder
+
+    return RunFolder(path, kind=kind, writer="the test")
+
+
+def test_a_run_folder_that_is_a_file_or_holds_foreign_files_is_refused_before_writing(tmp_path):
+    from cfaug.engine.folder import RunFolderError
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("precious")
+    with pytest.raises(NotADirectoryError, match=r"notes.txt' is a file"):
+        _folder(afile).refuse_unless_resuming(resume=True)
+    assert afile.read_text() == "precious"
+
+    other = tmp_path / "other"
+    (other / "images" / "000000").mkdir(parents=True)
+    (other / "images" / "000000" / "000003.png").write_text("precious")
+    (other / "labels.csv").write_text("notes")
+    with pytest.raises(RunFolderError, match=r"holds images, labels.csv, which a cfaug training run does not write"):
+        _folder(other).refuse_unless_resuming(resume=True)
+    assert sorted(p.name for p in other.iterdir()) == ["images", "labels.csv"], "nothing written, not even a lock"
+
+    foreign_config = tmp_path / "cfg"
+    foreign_config.mkdir()
+    (foreign_config / "config.json").write_text("[1, 2]")
+    with pytest.raises(RunFolderError, match="is not the config of a cfaug run"):
+        _folder(foreign_config).refuse_unless_resuming(resume=True)
+    (tmp_path / "odd" / "stats.jsonl").mkdir(parents=True)
+    with pytest.raises(RunFolderError, match=r"stats.jsonl \(a folder\)"):
+        _folder(tmp_path / "odd").refuse_unless_resuming(resume=True)
+
+
+def test_a_run_folder_of_another_trainer_is_refused_and_its_own_is_resumed(tmp_path):
+    from cfaug.engine.folder import RunFolderError
+
+    first = _folder(tmp_path / "run")
+    first.refuse_unless_resuming(resume=True)
+    first.start_stats(0)
+    first.append_stats({"step": 1})
+    first.save_state({"w": torch.ones(2)}, {"step": 1})
+    first.write_config({"config": {"steps": 3}})
+    (first.path / ".config.json.abc.tmp").write_text("")  # left by a killed atomic write
+    again = _folder(tmp_path / "run")
+    again.refuse_unless_resuming(resume=True)  # the same process, the same trainer: resumes
+    assert again.load_state().meta["step"] == 1
+    with pytest.raises(RunFolderError, match=r"another trainer \(training state of kind 'test.state'"):
+        _folder(tmp_path / "run", kind="other.state").refuse_unless_resuming(resume=True)
+
+
+LOCKED = """
+import sys
+from cfaug.engine.folder import RunFolder, RunFolderError
+try:
+    RunFolder(sys.argv[1], kind="test.state", writer="the test").refuse_unless_resuming(resume=True)
+except RunFolderError as error:
+    print("REFUSED", error)
+else:
+    print("LOCKED")
+"""
+
+
+def test_a_second_process_cannot_train_in_a_locked_run_folder(tmp_path):
+    import subprocess
+    import sys
+
+    folder = _folder(tmp_path / "run")
+    folder.refuse_unless_resuming(resume=True)  # this process trains in it now
+
+    def other() -> str:
+        command = [sys.executable, "-c", LOCKED, str(tmp_path / "run")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+    assert other().startswith("REFUSED Another process is training in")
+    del folder  # the run ends: its lock goes with it
+    assert other().startswith("LOCKED")
