@@ -88,6 +88,12 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--format", choices=["png", "safetensors"], default="png", help="PNG files or uint8 tensor shards"
     )
+    parser.add_argument(
+        "--target",
+        choices=["shape", "all"],
+        default="shape",
+        help="what the saved dataset yields as target: the shape class (default) or (shape, texture, background)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers generating in parallel")
     parser.add_argument("--start", type=int, default=0, help="first index to write (for splitting the work)")
     parser.add_argument("--stop", type=int, default=None, help="index after the last to write (default: size)")
@@ -142,7 +148,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
             size=args.size,
             seed=args.seed,
             vary=tuple(args.vary),
-            target="all",
+            target=args.target,
             device=device,
             backend_kwargs=backend_kwargs,
         )
@@ -159,6 +165,9 @@ def run_generate_command(args: argparse.Namespace) -> int:
         )
     stop = args.size if args.stop is None else args.stop
     state = "complete" if result.complete else "partial: other ranges are still missing"
+    if result.repaired and info.is_main:
+        print(f"Repaired {len(result.repaired)} finished chunk(s) that failed their check:")
+        print("\n".join(f"  {line}" for line in result.repaired))
     if not info.is_distributed:
         print(f"Wrote counterfactuals [{args.start}, {stop}) to {args.out} (dataset {state})")
         return 0

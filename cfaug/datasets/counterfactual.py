@@ -19,6 +19,7 @@ import hashlib
 import math
 import operator
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,21 +32,27 @@ from safetensors.torch import load as _safetensors_load
 from torch.utils.data import Dataset
 from torchvision.datasets import VisionDataset
 
-from cfaug._utils import check_positive_int, check_probability, sha256_file, verify_str_arg
+from cfaug._utils import check_positive_int, check_probability, verify_str_arg
 from cfaug.backends.base import Backend, Components
+from cfaug.datasets._folder import read_inside
 from cfaug.datasets.store import (
     _LABELS,
     _MANIFEST,
-    _SETTING_KEYS,
     DATASET_FORMAT_VERSION,
     SAVE_FORMATS,
+    TARGETS,
     SavedDatasetError,
+    SaveReport,
     _decode_png,
     _parameters_sha256,
     _parse_rows,
     _read_json,
     _read_ranges,
+    _width,
+    check_manifest,
     check_range,
+    check_rows,
+    check_size,
     finalize,
     write_range,
 )
@@ -66,9 +73,6 @@ __all__ = [
     "SavedDatasetError",
     "check_vary",
 ]
-
-#: ``"shape"``: the target is the shape class; ``"all"``: the ``(shape, texture, background)`` classes.
-TARGETS: tuple[str, ...] = ("shape", "all")
 
 # The classes of an item are drawn from this stream of the item's seed. Mechanisms draw their noise from small
 # stream numbers (0, 1, 2, ...) of the same seed; a distant number keeps the class draw independent of them.
@@ -218,7 +222,7 @@ class CounterfactualDataset(VisionDataset):
             transform=_check_callable(transform, "transform"),
             target_transform=_check_callable(target_transform, "target_transform"),
         )
-        self.size = check_positive_int(size, "size")
+        self.size = check_size(size)
         self.seed = _check_seed(seed)
         self.vary = check_vary(vary)
         self.target = verify_str_arg(target, "target", TARGETS)
@@ -389,9 +393,14 @@ class CounterfactualDataset(VisionDataset):
         tool; ``format="safetensors"`` writes one uint8 tensor shard per chunk, better for millions of small
         images. Both come with ``labels.csv`` (index, classes, seed, file, sha256) and ``manifest.json``.
 
-        Calling ``save`` again with the same settings skips the chunks already on disk, so an interrupted
-        save is resumed by repeating the call. Processes may each save a disjoint ``[start, stop)`` range into
-        one ``root`` at the same time; the call that completes the last range writes the manifest.
+        Calling ``save`` again with the same settings checks the finished chunks (every file against its
+        sha256), writes again the ones that fail (with a ``UserWarning`` naming them) and the ones missing, so
+        an interrupted or damaged save is resumed and repaired by repeating the call. ``root`` must be new,
+        empty, or hold this dataset: a folder with other files or other settings is refused before anything is
+        written. An OS lock on ``root`` lets processes save identical or disjoint ``[start, stop)`` ranges into
+        it at the same time (with one ``chunk_size``); the call that completes the last range writes the
+        manifest. The disk space needed is estimated first (as uncompressed pixels) and a save that cannot
+        fit is refused; a disk that fills up anyway ends the save with everything finished kept.
 
         Args:
             root: the output folder (created if needed).
@@ -414,11 +423,43 @@ class CounterfactualDataset(VisionDataset):
         Raises:
             TypeError: an argument has the wrong type.
             ValueError: an argument has an invalid value, or the channels cannot be stored as PNG.
-            SavedDatasetError: ``root`` holds a dataset saved with other settings, or is corrupted.
+            SavedDatasetError: ``root`` holds other files or a dataset saved with other settings, another
+                process saves into it with another chunk grid, or the disk is (or gets) too full.
         """
+        report = self._save(
+            root,
+            format,
+            start=start,
+            stop=stop,
+            chunk_size=chunk_size,
+            num_workers=num_workers,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        if report.repaired:
+            warnings.warn(
+                f"{len(report.repaired)} finished chunk(s) of {os.fspath(root)!r} failed their check and were "
+                "written again: " + "; ".join(report.repaired),
+                UserWarning,
+                stacklevel=2,
+            )
+        return report.complete
+
+    def _save(
+        self,
+        root: str | os.PathLike[str],
+        format: str,
+        *,
+        start: int,
+        stop: int | None,
+        chunk_size: int,
+        num_workers: int,
+        batch_size: int,
+        progress: bool,
+    ) -> SaveReport:
+        """``save``, returning what it did (the distributed save reports repairs from every rank)."""
         fmt = verify_str_arg(format, "format", SAVE_FORMATS)
         start = check_positive_int(start, "start", allow_zero=True)
-        fmt = verify_str_arg(format, "format", SAVE_FORMATS)
         start, stop = check_range(start, stop, self.size)
         chunk_size = check_positive_int(chunk_size, "chunk_size")
         num_workers = check_positive_int(num_workers, "num_workers", allow_zero=True)
@@ -496,15 +537,18 @@ class SavedCounterfactualDataset(VisionDataset):
         self.target = verify_str_arg(self.manifest["target"] if target is None else target, "target", TARGETS)
         self.format = self.manifest["format"]
         size = self.manifest["size"]
-        labels = (self.root / _LABELS).read_bytes()
-        if verify and hashlib.sha256(labels).hexdigest() != self.manifest.get("labels_sha256"):
+        labels_path = self.root / _LABELS
+        labels = read_inside(self.root, _LABELS, _MANIFEST)
+        if verify and hashlib.sha256(labels).hexdigest() != self.manifest["labels_sha256"]:
             raise SavedDatasetError(
-                f"{str(self.root / _LABELS)!r} does not match the sha256 in {_MANIFEST}; the file was changed "
-                "or is corrupted."
+                f"{str(labels_path)!r} does not match the sha256 in {_MANIFEST}; the file was changed or is corrupted."
             )
-        rows = _parse_rows(labels, repr(str(self.root / _LABELS)))
-        if [row[0] for row in rows] != list(range(size)):
-            raise SavedDatasetError(f"{str(self.root / _LABELS)!r} should list the indices 0 to {size - 1} in order.")
+        rows = _parse_rows(labels, repr(str(labels_path)))
+        if len(rows) != size:
+            raise SavedDatasetError(f"{str(labels_path)!r} should list the indices 0 to {size - 1} in order.")
+        # Paths, classes and indices are checked whatever `verify` says: the sha256 values catch accidents, these
+        # checks a rewritten CSV (a path leaving the folder, a label outside the classes).
+        check_rows(rows, 0, self.format, _width(size), self.manifest["num_classes"], repr(str(labels_path)))
         # Compact per-row storage: a million items cost ~70 MB as tensors, several times that as Python tuples.
         self._labels = torch.tensor([row[1:5] for row in rows], dtype=torch.int64).reshape(-1, 4)
         self._files = sorted({row[5] for row in rows})
@@ -514,15 +558,8 @@ class SavedCounterfactualDataset(VisionDataset):
         first_row: dict[str, int] = {}
         self._offset_of = torch.tensor([row[0] - first_row.setdefault(row[5], row[0]) for row in rows])
         self._first_row_of_file = [first_row[name] for name in self._files]
-        try:
-            digests = bytes.fromhex("".join(row[6] for row in rows))
-        except ValueError as error:
-            raise SavedDatasetError(f"The sha256 column of {str(self.root / _LABELS)!r} is not hex: {error}.") from None
-        if len(digests) != 32 * size:
-            raise SavedDatasetError(
-                f"The sha256 column of {str(self.root / _LABELS)!r} should hold 64 hex digits a row."
-            )
-        self._sha = torch.frombuffer(bytearray(digests), dtype=torch.uint8).reshape(-1, 32)
+        self._sha = torch.frombuffer(bytearray(bytes.fromhex("".join(row[6] for row in rows))), dtype=torch.uint8)
+        self._sha = self._sha.reshape(-1, 32)
         if verify:
             for name in self._files:
                 if not (self.root / name).is_file():
@@ -544,20 +581,7 @@ class SavedCounterfactualDataset(VisionDataset):
             raise SavedDatasetError(
                 f"{str(self.root)!r} holds no saved counterfactual dataset ({_MANIFEST} not found)."
             )
-        manifest = _read_json(path)
-        if manifest.get("complete") is not True:
-            raise SavedDatasetError(f"{str(path)!r} is not marked complete; the dataset was not finished.")
-        missing = [key for key in (*_SETTING_KEYS, "labels_sha256") if key not in manifest]
-        if missing:
-            raise SavedDatasetError(f"{str(path)!r} lacks the fields {missing}.")
-        if manifest["dataset_format_version"] != DATASET_FORMAT_VERSION:
-            raise SavedDatasetError(
-                f"{str(path)!r} has dataset_format_version {manifest['dataset_format_version']!r}; this cfaug "
-                f"({__version__}) reads version {DATASET_FORMAT_VERSION}."
-            )
-        if manifest["format"] not in SAVE_FORMATS:
-            raise SavedDatasetError(f"{str(path)!r} has an unknown format {manifest['format']!r}.")
-        return manifest
+        return check_manifest(_read_json(path), path)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -573,34 +597,62 @@ class SavedCounterfactualDataset(VisionDataset):
         shape, texture, background, seed = self._labels[i].tolist()
         return CounterfactualInfo(index=i, shape=shape, texture=texture, background=background, seed=seed)
 
-    def _read_checked(self, relpath: str, expected: bytes) -> bytes:
-        path = self.root / relpath
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise SavedDatasetError(f"{str(path)!r}, listed in {_LABELS}, is missing.") from None
-        if self.verify_reads and hashlib.sha256(data).digest() != expected:
+    def _read_checked(self, relpath: str, expected: bytes, check: bool) -> bytes:
+        # read_inside refuses a path leading outside the folder and anything but a regular file (/dev/zero).
+        data = read_inside(self.root, relpath, _LABELS)
+        if check and hashlib.sha256(data).digest() != expected:
             raise SavedDatasetError(
-                f"{str(path)!r} does not match its sha256 in {_LABELS} ({expected.hex()}); it is corrupted."
+                f"{str(self.root / relpath)!r} does not match its sha256 in {_LABELS} ({expected.hex()}); "
+                "it is corrupted."
             )
         return data
 
-    def _shard(self, relpath: str, expected: bytes) -> dict[str, torch.Tensor]:
+    def _shard(self, k: int) -> dict[str, torch.Tensor]:
+        relpath = self._files[k]
         if relpath not in self._shards:
-            self._shards[relpath] = _safetensors_load(self._read_checked(relpath, expected))
+            first = self._first_row_of_file[k]
+            data = self._read_checked(relpath, bytes(self._sha[first].tolist()), self.verify_reads)
+            try:
+                shard = _safetensors_load(data)
+            except Exception as error:  # safetensors raises its own error types for a damaged header
+                raise SavedDatasetError(f"{str(self.root / relpath)!r} is not a safetensors file: {error}") from None
+            self._check_shard(relpath, shard, first, int((self._file_of == k).sum()))
+            self._shards[relpath] = shard
             while len(self._shards) > 2:  # a DataLoader reads mostly sequentially within a worker
                 self._shards.popitem(last=False)
         return self._shards[relpath]
 
+    def _check_shard(self, relpath: str, shard: dict[str, torch.Tensor], first: int, count: int) -> None:
+        """The labels stored in a shard must be those of ``labels.csv``, and its images of the manifest's shape."""
+        m = self.manifest
+        images = shard.get("images")
+        expected = (count, m["channels"], m["image_size"], m["image_size"])
+        problem = None
+        if images is None or images.dtype != torch.uint8 or tuple(images.shape) != expected:
+            problem = f"its images should be uint8 {expected}"
+        else:
+            stored = [shard.get(name) for name in ("index", "shape", "texture", "background", "seed")]
+            wanted = torch.cat([torch.arange(first, first + count)[:, None], self._labels[first : first + count]], 1)
+            if any(t is None or t.shape != (count,) for t in stored) or not torch.equal(torch.stack(stored, 1), wanted):
+                problem = f"its labels differ from those of {_LABELS}"
+        if problem:
+            raise SavedDatasetError(f"{str(self.root / relpath)!r} does not match the dataset: {problem}.")
+
     def image(self, index: int) -> torch.Tensor:
         """The stored image of item ``index`` as floats ``(C, H, W)`` in [0, 1], before ``transform``."""
         i = _check_index(index, len(self))
-        relpath, expected = self._files[int(self._file_of[i])], bytes(self._sha[i].tolist())
+        k = int(self._file_of[i])
         if self.format == "png":
-            data = self._read_checked(relpath, expected)
-            pixels = _decode_png(data)
+            relpath = self._files[k]
+            pixels = _decode_png(self._read_checked(relpath, bytes(self._sha[i].tolist()), self.verify_reads))
+            side, channels = self.manifest["image_size"], self.manifest["channels"]
+            if tuple(pixels.shape) != (channels, side, side):
+                raise SavedDatasetError(
+                    f"{str(self.root / relpath)!r} holds a {tuple(pixels.shape)} image, but the dataset's images "
+                    f"are {(channels, side, side)}."
+                )
         else:
-            pixels = self._shard(relpath, expected)["images"][int(self._offset_of[i])]
+            pixels = self._shard(k)["images"][int(self._offset_of[i])]
         return pixels.float().div_(255)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
@@ -612,18 +664,26 @@ class SavedCounterfactualDataset(VisionDataset):
         return image, target
 
     def verify(self) -> None:
-        """Hash every file and compare it with ``labels.csv``.
+        """Hash every file and compare it with ``labels.csv``; every bad file is listed, not only the first.
 
         Raises:
-            SavedDatasetError: a file is missing or corrupted; the message names it.
+            SavedDatasetError: files are missing, lead outside the folder, are not regular files or do not match
+                their sha256; the message names each one (the list is also in the error's ``problems``).
         """
+        problems = []
         for k, relpath in enumerate(self._files):
-            path = self.root / relpath
-            if not path.is_file():
-                raise SavedDatasetError(f"{str(path)!r}, listed in {_LABELS}, is missing.")
-            expected = bytes(self._sha[self._first_row_of_file[k]].tolist()).hex()
-            if sha256_file(path) != expected:
-                raise SavedDatasetError(f"{str(path)!r} does not match its sha256 in {_LABELS} ({expected}).")
+            try:
+                self._read_checked(relpath, bytes(self._sha[self._first_row_of_file[k]].tolist()), True)
+            except SavedDatasetError as error:
+                problems.append(str(error))
+        if problems:
+            error = SavedDatasetError(
+                f"{len(problems)} of the {len(self._files)} files of {str(self.root)!r} failed their check: "
+                + " | ".join(problems)
+                + " Run CounterfactualDataset.save() (or cfaug generate) again with the same settings to repair them."
+            )
+            error.problems = problems  # type: ignore[attr-defined]
+            raise error
 
     def extra_repr(self) -> str:
         """The saved settings shown by ``repr``."""

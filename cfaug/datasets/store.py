@@ -21,10 +21,13 @@ whichever call completes the last range merges the records into ``labels.csv`` a
 
 from __future__ import annotations
 
+import bisect
 import csv
+import errno
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,14 +44,29 @@ from tqdm.auto import tqdm
 
 from cfaug._utils import atomic_write, check_positive_int
 from cfaug.backends.base import MECHANISMS, Backend
+from cfaug.datasets._folder import (
+    Claims,
+    SavedDatasetError,
+    Writer,
+    block_size,
+    check_disk_space,
+    folder_lock,
+    foreign_entries,
+    make_folder,
+    read_inside,
+    remove_temporary_files,
+)
 from cfaug.distributed import all_gather_objects, distributed_info, fail_together, module_digest, rank_range
+from cfaug.names import VARYING_MECHANISMS
 
 if TYPE_CHECKING:
     from cfaug.datasets.counterfactual import CounterfactualDataset, CounterfactualInfo
 
 __all__ = [
     "DATASET_FORMAT_VERSION",
+    "MAX_SIZE",
     "SAVE_FORMATS",
+    "TARGETS",
     "DistributedSaveResult",
     "SavedDatasetError",
     "finalize",
@@ -56,13 +74,21 @@ __all__ = [
     "write_range",
 ]
 
+#: ``"shape"``: the target is the shape class; ``"all"``: the ``(shape, texture, background)`` classes.
+TARGETS: tuple[str, ...] = ("shape", "all")
+
 #: On-disk formats of ``CounterfactualDataset.save``.
 SAVE_FORMATS: tuple[str, ...] = ("png", "safetensors")
 #: Version of the on-disk layout described in this module's docstring.
 DATASET_FORMAT_VERSION = 1
+#: The most items a dataset may have: indices and seeds are stored as int64 (shards, tensors) and ``len()`` of a
+#: Python object is bounded by the same number.
+MAX_SIZE = 2**63 - 1
 
 _LABEL_COLUMNS = ("index", *MECHANISMS, "seed", "file", "sha256")
 _RANGE_NAME = re.compile(r"^(\d+)-(\d+)\.(csv|json)$")
+_SHARD_NAME = re.compile(r"^shards/(\d+)-(\d+)\.safetensors$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MANIFEST = "manifest.json"
 _LABELS = "labels.csv"
 _IMAGES_PER_FOLDER = 1000
@@ -87,8 +113,15 @@ _SETTING_KEYS = (
 )
 
 
-class SavedDatasetError(ValueError):
-    """A saved counterfactual dataset is missing, unfinished, corrupted, or was made with other settings."""
+def check_size(size: Any) -> int:
+    """Return ``size`` after checking that it is an integer in ``[1, MAX_SIZE]``."""
+    size = check_positive_int(size, "size")
+    if size > MAX_SIZE:
+        raise ValueError(
+            f"`size` should be at most {MAX_SIZE} (2**63 - 1, the most items a dataset can index: indices and "
+            f"seeds are stored as 64-bit integers), but got {size}."
+        )
+    return size
 
 
 def check_range(start: Any, stop: Any, size: int) -> tuple[int, int]:
@@ -208,30 +241,212 @@ def _covered(root: Path, size: int) -> list[tuple[int, int, Path]]:
     return records
 
 
-def _missing_chunks(
-    covered: Sequence[tuple[int, int, Path]], start: int, stop: int, chunk_size: int
-) -> list[tuple[int, int]]:
-    """Split the indices of ``[start, stop)`` that no record covers into chunks on the ``chunk_size`` grid."""
-    gaps, cursor = [], start
-    for lo, hi, _ in covered:
-        if hi <= cursor or lo >= stop:
-            continue
-        if lo > cursor:
-            gaps.append((cursor, lo))
-        cursor = max(cursor, hi)
-    if cursor < stop:
-        gaps.append((cursor, stop))
-    chunks = []
-    for lo, hi in gaps:
-        # Cut on absolute multiples of chunk_size, so that the files do not depend on where a run was interrupted.
-        while lo < hi:
-            cut = min(hi, (lo // chunk_size + 1) * chunk_size)
-            chunks.append((lo, cut))
-            lo = cut
-    return chunks
+# ------------------------------------------------------------------------------------------ checking what is read
+def _expected_file(index: int, relpath: str, fmt: str, width: int) -> str | None:
+    """Where cfaug puts item ``index``, when ``relpath`` is not there (``None`` when it is)."""
+    if fmt == "png":
+        expected = _png_relpath(index, width)
+        return None if relpath == expected else expected
+    match = _SHARD_NAME.match(relpath)
+    if match and int(match.group(1)) <= index < int(match.group(2)):
+        lo, hi = int(match.group(1)), int(match.group(2))
+        if relpath == _shard_relpath(lo, hi, width):
+            return None
+    return _shard_relpath(index, index + 1, width).replace(f"{index + 1:0{width}d}", "<stop>")
+
+
+def check_rows(
+    rows: Sequence[tuple[int, int, int, int, int, str, str]],
+    first: int,
+    fmt: str,
+    width: int,
+    num_classes: int,
+    source: str,
+) -> None:
+    """Check rows read from ``labels.csv`` or a record against the layout, before any file they name is opened.
+
+    The sha256 column catches accidents; these checks catch a rewritten CSV: indices consecutive from ``first``,
+    classes among the manifest's ``num_classes``, seeds that fit 63 bits, and file names that are exactly where
+    cfaug puts each item (relative, no ``..``, inside the layout's folders).
+
+    Raises:
+        SavedDatasetError: the first row that breaks a rule, by line number.
+    """
+    for line, (index, shape, texture, background, seed, relpath, digest) in enumerate(rows, start=2):
+        where = f"{source}, line {line}"
+        if index != first + line - 2:
+            raise SavedDatasetError(f"{where}: index {index}, but the rows should list {first + line - 2} there.")
+        for name, value in (("shape", shape), ("texture", texture), ("background", background)):
+            if not 0 <= value < num_classes:
+                raise SavedDatasetError(
+                    f"{where}: the {name} class {value} is not one of the manifest's {num_classes} classes "
+                    f"[0, {num_classes - 1}]."
+                )
+        if not 0 <= seed <= MAX_SIZE:
+            raise SavedDatasetError(f"{where}: the seed {seed} is not a 63-bit seed.")
+        expected = _expected_file(index, relpath, fmt, width)
+        if expected is not None:
+            raise SavedDatasetError(
+                f"{where}: item {index} is in {relpath!r}, but cfaug stores it in {expected!r} (file names are "
+                "relative to the dataset folder and never leave it)."
+            )
+        if not _SHA256.match(digest):
+            raise SavedDatasetError(f"{where}: {digest!r} is not a sha256 (64 lowercase hex digits).")
+
+
+def _is_int(value: Any, low: int, high: int = MAX_SIZE) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def check_manifest(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Check the fields of a finished dataset's manifest by type and range; returns it.
+
+    A manifest written before ``target`` was recorded is read with ``target="all"``, what it was saved with.
+
+    Raises:
+        SavedDatasetError: a field is missing or has the wrong type or value; the message names the field.
+    """
+    if manifest.get("complete") is not True:
+        raise SavedDatasetError(f"{str(path)!r} is not marked complete; the dataset was not finished.")
+    manifest.setdefault("target", "all")
+    missing = [key for key in (*_SETTING_KEYS, "labels_sha256") if key not in manifest]
+    if missing:
+        raise SavedDatasetError(f"{str(path)!r} lacks the fields {missing}.")
+    if manifest["dataset_format_version"] != DATASET_FORMAT_VERSION:
+        raise SavedDatasetError(
+            f"{str(path)!r} has dataset_format_version {manifest['dataset_format_version']!r}; this cfaug reads "
+            f"version {DATASET_FORMAT_VERSION}."
+        )
+    num_classes = manifest["num_classes"]
+    names = manifest["class_names"]
+    vary = manifest["vary"]
+    checks = {
+        "format": manifest["format"] in SAVE_FORMATS,
+        "target": manifest["target"] in TARGETS,
+        "size": _is_int(manifest["size"], 1),
+        "seed": _is_int(manifest["seed"], 0),
+        "num_classes": _is_int(num_classes, 1, 1 << 31),
+        "image_size": _is_int(manifest["image_size"], 1, 1 << 20),
+        "channels": _is_int(manifest["channels"], 1, 1 << 16),
+        "class_names": isinstance(names, list)
+        and all(isinstance(name, str) for name in names)
+        and len(names) == num_classes,
+        "vary": isinstance(vary, list) and all(isinstance(m, str) and m in VARYING_MECHANISMS for m in vary),
+        "backend": isinstance(manifest["backend"], str),
+        "labels_sha256": isinstance(manifest["labels_sha256"], str) and bool(_SHA256.match(manifest["labels_sha256"])),
+    }
+    wrong = [key for key, ok in checks.items() if not ok]
+    if wrong:
+        shown = ", ".join(f"{key}={manifest[key]!r}" for key in wrong)
+        raise SavedDatasetError(f"{str(path)!r} has fields of the wrong type or value: {shown}.")
+    return manifest
+
+
+def _chunk_problem(root: Path, lo: int, hi: int, record: Path, settings: Mapping[str, Any]) -> str | None:
+    """What is wrong with the finished chunk ``[lo, hi)``: its record and every file it names, sha256 included."""
+    fmt, width = settings["format"], _width(settings["size"])
+    source = f"records/{record.name}"
+    try:
+        rows = _parse_rows(read_inside(root, source, "the chunk's record"), source)
+        if len(rows) != hi - lo:
+            raise SavedDatasetError(f"{source} lists {len(rows)} items instead of {hi - lo}.")
+        check_rows(rows, lo, fmt, width, settings["num_classes"], source)
+        for relpath, digest in dict((row[5], row[6]) for row in rows).items():
+            if hashlib.sha256(read_inside(root, relpath, source)).hexdigest() != digest:
+                raise SavedDatasetError(f"{relpath} does not match its sha256 in {source}.")
+    except SavedDatasetError as error:
+        return str(error)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------- writing
+@dataclass(frozen=True)
+class SaveReport:
+    """What one save did: whether the dataset is now complete, and the finished chunks it found bad and rewrote.
+
+    Attributes:
+        complete: whether the whole dataset is on disk with its ``manifest.json``.
+        repaired: one line per finished chunk that failed its check and was generated again.
+    """
+
+    complete: bool
+    repaired: tuple[str, ...] = ()
+
+
+class _ChunkPlan(Sequence[tuple[int, int]]):
+    """The chunks still to write in ``[start, stop)``, on the ``chunk_size`` grid, computed on demand.
+
+    Memory grows with the number of gaps between finished chunks, never with ``size``: a plan of 10**11 items
+    is a few integers.
+    """
+
+    def __init__(self, covered: Sequence[tuple[int, int, Path]], start: int, stop: int, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.gaps: list[tuple[int, int]] = []
+        cursor = start
+        for lo, hi, _ in covered:
+            if hi <= cursor or lo >= stop:
+                continue
+            if lo > cursor:
+                self.gaps.append((cursor, lo))
+            cursor = max(cursor, hi)
+        if cursor < stop:
+            self.gaps.append((cursor, stop))
+        self.items = sum(hi - lo for lo, hi in self.gaps)
+        # Chunks before each gap: chunk k lies in gap bisect_right(self.ends, k).
+        self.ends: list[int] = []
+        total = 0
+        for lo, hi in self.gaps:
+            total += (hi - 1) // chunk_size - lo // chunk_size + 1
+            self.ends.append(total)
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def __getitem__(self, k: int) -> tuple[int, int]:  # type: ignore[override]
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        g = bisect.bisect_right(self.ends, k)
+        lo, hi = self.gaps[g]
+        j = k - (self.ends[g - 1] if g else 0)
+        # Cut on absolute multiples of chunk_size, so that the files do not depend on where a run was interrupted.
+        cell = lo // self.chunk_size + j
+        return max(lo, cell * self.chunk_size), min(hi, (cell + 1) * self.chunk_size)
+
+
+def _bytes_per_item(settings: Mapping[str, Any], root: Path, chunk_size: int) -> int:
+    """An upper bound of the disk space one item takes.
+
+    The uncompressed pixels, its two CSV rows, its share of the file system blocks (a PNG takes at least one
+    block) and of its chunk's record.
+    """
+    size, side, channels = settings["size"], settings["image_size"], settings["channels"]
+    pixels = channels * side * side
+    block = block_size(root)
+    rows = 2 * (6 * len(str(size)) + 2 * len(str(MAX_SIZE)) + 64 + 40)
+    per_chunk = 2 * block + 512  # the record, plus a shard's header and last block
+    if settings["format"] == "png":
+        # Row filter bytes, stored-block overhead of zlib and the PNG chunks, rounded up to whole blocks.
+        png = pixels + side + 5 * math.ceil(pixels / 65535) + 128
+        return math.ceil(png / block) * block + rows + math.ceil(per_chunk / chunk_size) + 8
+    return pixels + 5 * 8 + rows + math.ceil(per_chunk / chunk_size)
+
+
+def _check_owned(root: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse a folder that is not empty and does not hold cfaug's own dataset with the same settings."""
+    make_folder(root)
+    if not (root / _MANIFEST).is_file() and not _read_ranges(root / "parts", "json"):
+        found = foreign_entries(root)
+        if found:
+            raise SavedDatasetError(
+                f"{str(root)!r} holds files that cfaug did not write ({', '.join(found)}"
+                f"{', ...' if len(found) == 5 else ''}) and no cfaug dataset. cfaug saves only into a new or empty "
+                "folder, or one that holds its own dataset with the same settings; choose another folder. "
+                "Nothing was written."
+            )
+    _check_existing_settings(root, settings)
+
+
 def write_range(
     dataset: CounterfactualDataset,
     root: Path,
@@ -242,57 +457,161 @@ def write_range(
     num_workers: int,
     batch_size: int,
     progress: bool,
-) -> bool:
+) -> SaveReport:
     """Write items ``[start, stop)`` of ``dataset`` (arguments already checked); see ``CounterfactualDataset.save``.
 
-    Returns:
-        Whether the whole dataset is now on disk and ``manifest.json`` written.
+    Raises:
+        SavedDatasetError: the folder is not cfaug's, holds other settings, is being written with another chunk
+            grid, the disk cannot hold the items, or the disk filled up (everything finished is kept).
     """
     root = Path(root)
     settings = dataset.settings(fmt)
-    _check_existing_settings(root, settings)
-    if (root / _MANIFEST).is_file():
-        return True  # finished earlier, with the same settings
-    width = _width(dataset.size)
+    per_item = _bytes_per_item(settings, root, chunk_size)
+    # Before the folder or its lock file is created: a foreign folder or a full disk is refused untouched.
+    if root.exists():
+        _check_owned(root, settings)
+    else:
+        check_disk_space(root, (stop - start) * per_item, stop - start)
+    try:
+        return _write_range(dataset, root, settings, start, stop, chunk_size, num_workers, batch_size, progress)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        done = sum(hi - lo for lo, hi, _ in _covered(root, dataset.size))
+        raise SavedDatasetError(
+            f"The disk holding {str(root)!r} is full (no space left on device): {done} of {dataset.size} items are "
+            "saved and kept. Free some space and run the same save again to write the rest."
+        ) from None
+
+
+def _write_range(
+    dataset: CounterfactualDataset,
+    root: Path,
+    settings: dict[str, Any],
+    start: int,
+    stop: int,
+    chunk_size: int,
+    num_workers: int,
+    batch_size: int,
+    progress: bool,
+) -> SaveReport:
+    size, fmt = dataset.size, settings["format"]
+    width = _width(size)
     part = root / "parts" / _range_name(start, stop, width, "json")
     part_info = {**settings, "start": start, "stop": stop, "device": str(dataset.device)}
-    _write_json(part, {**part_info, "complete": False})
+    with folder_lock(root):
+        # The settings check, the registration and the partial manifest form one step: a second writer with
+        # other settings sees this one's partial manifest and is refused before it writes.
+        _check_owned(root, settings)
+        writer = Writer(root, chunk_size, start, stop)
+        if not writer.others:
+            remove_temporary_files(root)  # left by a killed writer; nobody else is writing now
+        complete = (root / _MANIFEST).is_file()
+        covered = _covered(root, size)
+        if not complete:
+            plan = _ChunkPlan(covered, start, stop, chunk_size)
+            check_disk_space(root, plan.items * _bytes_per_item(settings, root, chunk_size), plan.items)
+            _write_json(part, {**part_info, "complete": False})
+    try:
+        claims = Claims(root)
+        repaired = _repair(root, covered, start, stop, settings, claims)
+        if complete and not repaired and _labels_match(root):
+            return SaveReport(True)
+        chunk_writer = _ChunkWriter(dataset, root, fmt, width, batch_size, claims)
+        bar = tqdm(total=stop - start, unit="img", desc=f"Saving {root.name or root}", disable=not progress)
+        with bar:
+            bar.update(stop - start - _ChunkPlan(_covered(root, size), start, stop, chunk_size).items)
+            # First pass: skip the chunks another writer holds; then wait for those (its writer may have died).
+            for wait in (False, True):
+                chunk_writer.plan = _ChunkPlan(_covered(root, size), start, stop, chunk_size)
+                chunk_writer.wait = wait
+                workers = 0 if wait else min(num_workers, len(chunk_writer.plan))
+                loader = DataLoader(chunk_writer, batch_size=None, shuffle=False, num_workers=workers)
+                for status in loader:
+                    if status == _DISK_FULL:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    bar.update(max(0, int(status)))
+        with folder_lock(root):
+            _write_json(part, {**part_info, "complete": True})
+            covered = _covered(root, size)
+            if sum(hi - lo for lo, hi, _ in covered) < size:
+                return SaveReport(False, repaired)  # other ranges are still missing (another process, a later call)
+            _finalize(root)
+            return SaveReport(True, repaired)
+    finally:
+        with folder_lock(root):
+            writer.close()
 
-    chunks = _missing_chunks(_covered(root, dataset.size), start, stop, chunk_size)
-    if chunks:
-        writer = _ChunkWriter(dataset, root, fmt, chunks, width, batch_size)
-        # batch_size=None: each loader item is one whole chunk, generated and written inside the worker.
-        loader = DataLoader(writer, batch_size=None, shuffle=False, num_workers=min(num_workers, len(chunks)))
-        total = sum(hi - lo for lo, hi in chunks)
-        with tqdm(total=total, unit="img", desc=f"Saving {root.name or root}", disable=not progress) as bar:
-            for written in loader:
-                bar.update(int(written))
-    _write_json(part, {**part_info, "complete": True})
 
-    covered = _covered(root, dataset.size)
-    if sum(hi - lo for lo, hi, _ in covered) < dataset.size:
-        return False  # other ranges are still missing (another process, or a later call)
-    _finalize(root)
-    return True
+def _labels_match(root: Path) -> bool:
+    manifest = _read_json(root / _MANIFEST)
+    labels = root / _LABELS
+    return labels.is_file() and hashlib.sha256(labels.read_bytes()).hexdigest() == manifest.get("labels_sha256")
+
+
+def _repair(
+    root: Path,
+    covered: Sequence[tuple[int, int, Path]],
+    start: int,
+    stop: int,
+    settings: Mapping[str, Any],
+    claims: Claims,
+) -> tuple[str, ...]:
+    """Check every finished chunk of ``[start, stop)``; delete the record of each bad one to have it written again.
+
+    Each check holds the chunk's claim, so that no writer rewrites the chunk meanwhile.
+    """
+    repaired = []
+    for lo, hi, record in covered:
+        if hi <= start or lo >= stop:
+            continue
+        with claims.claim(lo, hi, wait=True):
+            if not record.is_file():
+                continue  # another writer found it bad first
+            problem = _chunk_problem(root, lo, hi, record, settings)
+            if problem is not None:
+                record.unlink()
+                repaired.append(f"[{lo}, {hi}): {problem}")
+    if repaired:
+        with folder_lock(root):
+            # The dataset is incomplete until the chunks are written again.
+            (root / _MANIFEST).unlink(missing_ok=True)
+    return tuple(repaired)
+
+
+_DISK_FULL = -1  # what a chunk writer in a DataLoader worker returns for ENOSPC (errno is lost on the way back)
 
 
 class _ChunkWriter(Dataset):
-    """Generates and writes whole chunks; a DataLoader runs it in workers. Item ``k`` writes chunk ``k``."""
+    """Generates and writes whole chunks; a DataLoader runs it in workers. Item ``k`` writes chunk ``plan[k]``."""
 
     def __init__(
-        self,
-        dataset: CounterfactualDataset,
-        root: Path,
-        fmt: str,
-        chunks: list[tuple[int, int]],
-        width: int,
-        batch_size: int,
+        self, dataset: CounterfactualDataset, root: Path, fmt: str, width: int, batch_size: int, claims: Claims
     ) -> None:
-        self.dataset, self.root, self.fmt, self.chunks, self.width = dataset, root, fmt, chunks, width
-        self.batch_size = batch_size
+        self.dataset, self.root, self.fmt, self.width = dataset, root, fmt, width
+        self.batch_size, self.claims = batch_size, claims
+        self.plan: Sequence[tuple[int, int]] = ()
+        self.wait = False
 
     def __len__(self) -> int:
-        return len(self.chunks)
+        return len(self.plan)
+
+    def __getitem__(self, k: int) -> int:
+        """Write chunk ``plan[k]`` unless another writer holds or finished it; returns the items written."""
+        lo, hi = self.plan[k]
+        with self.claims.claim(lo, hi, wait=self.wait) as claimed:
+            if not claimed or self._record(lo, hi).is_file():
+                return hi - lo if self.wait else 0
+            try:
+                self._write_chunk(lo, hi)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                return _DISK_FULL
+        return hi - lo
+
+    def _record(self, lo: int, hi: int) -> Path:
+        return self.root / "records" / _range_name(lo, hi, self.width, "csv")
 
     def _images(self, infos: list[CounterfactualInfo]) -> list[torch.Tensor]:
         # Batches cut on absolute multiples of batch_size: the same items share a batch however the work is split.
@@ -305,8 +624,8 @@ class _ChunkWriter(Dataset):
             begin = end
         return images
 
-    def __getitem__(self, k: int) -> int:
-        lo, hi = self.chunks[k]
+    def _write_chunk(self, lo: int, hi: int) -> None:
+        """Generate items ``[lo, hi)``, write their files, then their record (the caller holds the claim)."""
         infos = [self.dataset.info(i) for i in range(lo, hi)]
         rows = []
         if self.fmt == "png":
@@ -333,9 +652,8 @@ class _ChunkWriter(Dataset):
             digest = hashlib.sha256(data).hexdigest()
             rows = [(*_info_row(info), relpath, digest) for info in infos]
         # The record goes last: a chunk counts as done only once all its files are complete on disk.
-        with atomic_write(self.root / "records" / _range_name(lo, hi, self.width, "csv")) as handle:
+        with atomic_write(self._record(lo, hi)) as handle:
             handle.write(_csv_bytes(rows))
-        return hi - lo
 
 
 def _info_row(info: CounterfactualInfo) -> tuple[int, int, int, int, int]:
@@ -356,7 +674,11 @@ def _check_existing_settings(root: Path, settings: Mapping[str, Any]) -> None:
 
 
 def _parse_rows(data: bytes, source: str) -> list[tuple[int, int, int, int, int, str, str]]:
-    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SavedDatasetError(f"{source} is not UTF-8 text: {error}.") from None
+    reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or tuple(header) != _LABEL_COLUMNS:
         raise SavedDatasetError(f"{source} should start with the header {','.join(_LABEL_COLUMNS)}, but got {header}.")
@@ -377,9 +699,9 @@ def _finalize(root: Path) -> Path:
         raise SavedDatasetError(f"{str(root)!r} holds no partial manifest (parts/*.json): nothing was saved there.")
     settings = {key: _read_json(parts[0][2]).get(key) for key in _SETTING_KEYS}
     _check_existing_settings(root, settings)
-    size = settings["size"]
-    if not isinstance(size, int) or size <= 0:
-        raise SavedDatasetError(f"{str(parts[0][2])!r} has an invalid size {size!r}.")
+    size, num_classes = settings["size"], settings["num_classes"]
+    if not _is_int(size, 1) or not _is_int(num_classes, 1) or settings["format"] not in SAVE_FORMATS:
+        raise SavedDatasetError(f"{str(parts[0][2])!r} has an invalid size, num_classes or format.")
     covered = _covered(root, size)
     done = sum(hi - lo for lo, hi, _ in covered)
     if done < size:
@@ -391,8 +713,9 @@ def _finalize(root: Path) -> Path:
     for lo, hi, path in covered:
         data = path.read_bytes()
         rows = _parse_rows(data, repr(str(path)))
-        if [row[0] for row in rows] != list(range(lo, hi)):
+        if len(rows) != hi - lo:
             raise SavedDatasetError(f"{str(path)!r} should list the indices {lo} to {hi - 1} in order, but does not.")
+        check_rows(rows, lo, settings["format"], _width(size), num_classes, repr(str(path)))
         for relpath in sorted({row[5] for row in rows}):
             if not (root / relpath).is_file():
                 raise SavedDatasetError(f"{str(root / relpath)!r}, listed in {str(path)!r}, is missing.")
@@ -412,7 +735,11 @@ def _finalize(root: Path) -> Path:
 
 def finalize(root: str | os.PathLike[str]) -> Path:
     """Merge the chunks of a dataset saved in several ranges; see ``CounterfactualDataset.finalize``."""
-    return _finalize(Path(root))
+    root = Path(root)
+    if not root.is_dir():
+        raise SavedDatasetError(f"{str(root)!r} is not a folder holding a saved counterfactual dataset.")
+    with folder_lock(root):
+        return _finalize(root)
 
 
 # ---------------------------------------------------------------------------------------- the distributed save
@@ -427,6 +754,8 @@ class DistributedSaveResult:
         stop: one past the last index of this rank's share (``start == stop``: the rank had nothing to do).
         complete: whether the whole dataset is on disk with its merged ``manifest.json`` (the same on all ranks).
         verified: whether rank 0 checked the manifest, ``labels.csv`` and every file's sha256 (same on all ranks).
+        repaired: the finished chunks of any rank that failed their check (file sizes and sha256) and were written
+            again, one line each (the same on all ranks).
     """
 
     rank: int
@@ -435,6 +764,7 @@ class DistributedSaveResult:
     stop: int
     complete: bool
     verified: bool
+    repaired: tuple[str, ...] = ()
 
 
 def save_counterfactuals_distributed(
@@ -482,9 +812,10 @@ def save_counterfactuals_distributed(
     info = distributed_info()
     start, stop = check_range(start, stop, len(dataset))
     lo, hi = rank_range(start, stop, info.rank, info.world_size, align=chunk_size)
+    repaired: tuple[str, ...] = ()
     with fail_together("saving its share of the counterfactual dataset"):
         if lo < hi:
-            dataset.save(
+            repaired = dataset._save(
                 root,
                 format,
                 start=lo,
@@ -493,7 +824,7 @@ def save_counterfactuals_distributed(
                 num_workers=num_workers,
                 batch_size=batch_size,
                 progress=progress and info.is_main,
-            )
+            ).repaired
     # Whichever save completes the last missing range merges the manifest; after the step above (a collective,
     # hence a barrier) every range of this job is on disk, so the manifest exists exactly when the whole
     # dataset does.
@@ -504,7 +835,14 @@ def save_counterfactuals_distributed(
             if complete and verify:
                 SavedCounterfactualDataset(root).verify()
                 verified = True
-    complete, verified = all_gather_objects((complete, verified))[0]
+    gathered = all_gather_objects((complete, verified, repaired))
+    complete, verified = gathered[0][:2]
     return DistributedSaveResult(
-        rank=info.rank, world_size=info.world_size, start=lo, stop=hi, complete=complete, verified=verified
+        rank=info.rank,
+        world_size=info.world_size,
+        start=lo,
+        stop=hi,
+        complete=complete,
+        verified=verified,
+        repaired=tuple(line for _, _, lines in gathered for line in lines),
     )

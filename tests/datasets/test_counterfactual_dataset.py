@@ -51,9 +51,14 @@ class ConvToyBackend(ToyBackend):
         return torch.sigmoid(self.conv(noise) + classes.float()[:, None, None, None])
 
 
+# The writers' OS locks are taken on these files; they stay in the folder, empty.
+LOCK_FILES = (".cfaug.lock", ".cfaug.claims")
+
+
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` by relative path, with its bytes."""
+    """Every file under ``root`` by relative path, with its bytes, the (empty) lock files left out."""
     files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert all(files.pop(name, b"") == b"" for name in LOCK_FILES)
     assert not [name for name in files if Path(name).name.startswith(".")], "temporary files were left behind"
     return files
 
