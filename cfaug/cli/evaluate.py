@@ -229,21 +229,17 @@ def run_evaluate_mnist(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.num_threads)
     if args.kinds is not None:
         (weights,) = weights_from_args(args).values()
+        options = ("seeds", "kinds", "epochs", "num_counterfactuals", "max_train_images", "batch_size")
         results = run_matched_budget(
             args.variant,
             weights,
-            seeds=args.seeds,
-            kinds=args.kinds,
+            args.out_dir,
             modes=args.modes or MODES,
-            epochs=args.epochs,
-            num_counterfactuals=args.num_counterfactuals,
             data_root=args.data_root,
             texture_root=args.texture_root,
-            out_dir=args.out_dir,
-            batch_size=args.batch_size,
-            max_train_images=args.max_train_images,
             device=args.device,
             progress=args.progress,
+            **{name: getattr(args, name) for name in options},
         )
         print(format_matched_budget(results))
         print(f"\nResults: {Path(args.out_dir) / RESULTS_FILE}")

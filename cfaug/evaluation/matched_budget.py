@@ -20,8 +20,8 @@ each run and a PNG of example counterfactuals per kind; ``format_matched_budget`
 
 Examples:
     >>> results = run_matched_budget(  # doctest: +SKIP
-    ...     "colored_mnist", "colored_mnist", seeds=(0, 1, 2), epochs=2, num_counterfactuals=10_000,
-    ...     max_train_images=10_000, data_root="../shared/data", out_dir="runs/matched/colored",
+    ...     "colored_mnist", "colored_mnist", "runs/matched/colored", seeds=(0, 1, 2), epochs=2,
+    ...     num_counterfactuals=10_000, max_train_images=10_000, data_root="../shared/data",
     ... )
     >>> print(format_matched_budget(results))  # doctest: +SKIP
 """
@@ -64,6 +64,7 @@ __all__ = [
     "format_matched_budget",
     "kind_grid",
     "run_matched_budget",
+    "train_matched",
 ]
 
 #: The kinds of counterfactual: the real digit's shape, the label's generated shape, or either per image.
@@ -329,17 +330,17 @@ def train_matched(
 def run_matched_budget(
     variant: str,
     weights: str | os.PathLike[str] | Backend,
-    seeds: Sequence[int] = (0, 1, 2),
+    out_dir: str | os.PathLike[str],
+    *,
     kinds: Sequence[str] = KINDS,
     modes: Sequence[str] = MODES,
-    epochs: int = 10,
+    seeds: Sequence[int] = (0, 1, 2),
+    max_train_images: int | None = None,
     num_counterfactuals: int = 50_000,
+    epochs: int = 10,
+    batch_size: int = 64,
     data_root: str | os.PathLike[str] = "data",
     texture_root: str | os.PathLike[str] | None = None,
-    out_dir: str | os.PathLike[str] = "table2",
-    *,
-    batch_size: int = 64,
-    max_train_images: int | None = None,
     dataset_seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
@@ -355,16 +356,16 @@ def run_matched_budget(
         variant: one of ``VARIANTS``.
         weights: the CGN (see ``load_counterfactual_backend``); it needs a mask estimator for ``"real"`` and
             ``"mixed"``.
-        seeds: run seeds.
+        out_dir: the folder of the results and the PNGs (created).
         kinds: a subset of ``KINDS``.
         modes: a subset of ``MODES``.
-        epochs: training epochs.
+        seeds: run seeds.
+        max_train_images: the real training images used (``None``: all).
         num_counterfactuals: counterfactual images per epoch.
+        epochs: training epochs.
+        batch_size: training batch size.
         data_root: folder holding torchvision's ``MNIST/``.
         texture_root: Wildlife MNIST textures (``None``: procedural ones).
-        out_dir: the folder of the results and the PNGs (created).
-        batch_size: training batch size.
-        max_train_images: the real training images used (``None``: all).
         dataset_seed: the datasets' own seed.
         device: torch device.
         progress: show progress bars.
