@@ -43,6 +43,7 @@ from cfaug.evaluation.matched_budget import (
     best_kinds,
     counterfactual_set,
     format_matched_budget,
+    merge_matched_budget,
     run_matched_budget,
     train_matched,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "best_kinds",
     "counterfactual_set",
     "format_matched_budget",
+    "merge_matched_budget",
     "run_matched_budget",
     "train_matched",
     "format_backgrounds",

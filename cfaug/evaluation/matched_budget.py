@@ -63,6 +63,7 @@ __all__ = [
     "counterfactual_set",
     "format_matched_budget",
     "kind_grid",
+    "merge_matched_budget",
     "run_matched_budget",
     "train_matched",
 ]
@@ -443,6 +444,64 @@ def run_matched_budget(
                 runs.append({"kind": kind, "mode": mode, "seed": seed, **metrics, **seen, "seconds": seconds})
                 save(complete=False)  # an interrupted experiment keeps every run it finished
     return save(complete=True)
+
+
+_MERGED_KEYS = ("budget", "max_train_images", "dataset_seed", "num_test_images", "weights", "texture_root")
+
+
+def merge_matched_budget(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One variant's ``run_matched_budget`` results from several calls (e.g. one per seed), as one.
+
+    Args:
+        parts: results (or their loaded files) of one variant and one protocol (budget, real images, dataset seed,
+            test split, weights, textures).
+
+    Returns:
+        A ``run_matched_budget``-shaped result over the union of runs, kinds, modes and seeds (``complete`` only if
+        every part is), which ``format_matched_budget`` prints.
+
+    Raises:
+        ValueError: no parts, or parts of different variants or protocols, or one (kind, mode, seed) twice.
+    """
+    parts = list(parts)
+    if not parts:
+        raise ValueError("`parts` should hold at least one run_matched_budget result, but it is empty.")
+    first = parts[0]
+    runs: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for index, part in enumerate(parts):
+        if part["variant"] != first["variant"]:
+            raise ValueError(f"`parts` should all be {first['variant']!r}, but parts[{index}] is {part['variant']!r}.")
+        for key in _MERGED_KEYS:
+            if part["config"].get(key) != first["config"].get(key):
+                raise ValueError(
+                    f"`parts` should share {key!r}, but parts[0] has {first['config'].get(key)!r} and parts[{index}] "
+                    f"has {part['config'].get(key)!r}."
+                )
+        for run in part["runs"]:
+            key = (run["kind"], run["mode"], run["seed"])
+            if key in runs:
+                raise ValueError(f"`parts` should measure each (kind, mode, seed) once, but {key} comes twice.")
+            runs[key] = dict(run)
+    kinds = [kind for kind in KINDS if any(kind in part["config"]["kinds"] for part in parts)]
+    modes = [mode for mode in MODES if any(mode in part["config"]["modes"] for part in parts)]
+    merged = sorted(runs.values(), key=lambda run: (run["seed"], KINDS.index(run["kind"]), MODES.index(run["mode"])))
+    config = {key: first["config"].get(key) for key in _MERGED_KEYS}
+    config.update(
+        kinds=kinds,
+        modes=modes,
+        seeds=sorted({run["seed"] for run in merged}),
+        device=sorted({str(part["config"].get("device")) for part in parts}),
+    )
+    summary = _summarise(merged, kinds, modes)
+    return {
+        "variant": first["variant"],
+        "complete": all(part.get("complete", True) for part in parts),
+        "config": config,
+        "runs": merged,
+        "summary": summary,
+        "best": best_kinds({"summary": summary}),
+        "grids": {kind: grid for part in parts for kind, grid in part.get("grids", {}).items()},
+    }
 
 
 def _summarise(runs: list[dict[str, Any]], kinds: Sequence[str], modes: Sequence[str]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from cfaug.evaluation.matched_budget import (
     best_kinds,
     counterfactual_set,
     format_matched_budget,
+    merge_matched_budget,
     train_matched,
 )
 from cfaug.evaluation.shape_classifier import build_shape_classifier_parts
@@ -226,3 +227,22 @@ def test_cli_runs_the_matched_comparison_and_writes_results(mnist_root, tmp_path
     assert all(run["images"] == 30 and run["steps"] == 4 for run in results["runs"])
     assert sorted(results["grids"].values()) == [f"kinds_colored_mnist_{kind}.png" for kind in sorted(KINDS)]
     assert all((out / name).is_file() for name in results["grids"].values())
+
+
+def _part(seed: int, accuracy: float, **config) -> dict:
+    run = {"kind": "real", "mode": "per-batch", "seed": seed, "accuracy": accuracy, "accuracy_visible": accuracy}
+    base = {"kinds": ["real"], "modes": ["per-batch"], "budget": MatchedBudget(10, 10, 4, 1).as_dict()}
+    return {"variant": "colored_mnist", "complete": True, "config": {**base, **config}, "runs": [run]}
+
+
+def test_merge_joins_seeds_and_refuses_other_protocols():
+    merged = merge_matched_budget([_part(0, 0.8), _part(1, 0.9)])
+    assert merged["config"]["seeds"] == [0, 1] and merged["best"] == {"per-batch": "real"}
+    stats = merged["summary"]["per-batch"]["real"]["accuracy"]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(85.0)
+    with pytest.raises(ValueError, match="'budget'"):
+        merge_matched_budget([_part(0, 0.8), _part(1, 0.9, budget=MatchedBudget(10, 20, 4, 1).as_dict())])
+    with pytest.raises(ValueError, match="once"):
+        merge_matched_budget([_part(0, 0.8), _part(0, 0.9)])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_matched_budget([])
