@@ -26,6 +26,7 @@ from cfaug.evaluation.imagenet import (
     load_evaluation_model,
     shape_bias,
 )
+from cfaug.evaluation.matched_budget import KINDS, MODES, RESULTS_FILE, format_matched_budget, run_matched_budget
 from cfaug.evaluation.table2 import SETTINGS, format_table2, run_table2
 from cfaug.models.classifiers import OUTPUTS
 from cfaug.names import VARIANTS
@@ -34,6 +35,7 @@ __all__ = [
     "add_evaluate_imagenet_arguments",
     "add_evaluate_mnist_arguments",
     "add_table2_options",
+    "check_evaluate_mnist_args",
     "parse_named_weights",
     "run_evaluate_imagenet",
     "run_evaluate_mnist",
@@ -77,7 +79,9 @@ def add_table2_options(parser: argparse.ArgumentParser, *, data_root: str = "dat
         default=None,
         help="folder with the authors' <variant>.pth and .cfg.yaml; adds an 'authors' column (imported weights)",
     )
-    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="rows to run")
+    parser.add_argument(
+        "--settings", nargs="+", choices=SETTINGS, default=None, help="rows to run (default: all of them)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="run seeds (default 0 1 2)")
     parser.add_argument(
         "--augment-p", type=float, default=0.5, help="CounterfactualAugment's p per batch (original+augment-online)"
@@ -109,8 +113,54 @@ def add_evaluate_mnist_arguments(parser: argparse.ArgumentParser) -> argparse.Ar
     parser.add_argument("variant", choices=VARIANTS, help="the MNIST variant")
     parser.add_argument("--out-dir", required=True, help="folder for results.json and the counterfactual grids")
     add_table2_options(parser)
+    matched = parser.add_argument_group(
+        "matched budget",
+        "compare kinds of counterfactual per batch and as a saved set at the same images seen and optimiser steps "
+        "(instead of --settings); needs one --weights",
+    )
+    matched.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=None,
+        help="kinds to compare: real (the real digit's shape), generated (a CGN sample of the label's class), "
+        "mixed (either, per image)",
+    )
+    matched.add_argument(
+        "--modes", nargs="+", choices=MODES, default=None, help="saved set and/or per batch (default: both)"
+    )
     parser.add_argument("--num-threads", type=int, default=None, help="torch CPU threads")
     return parser
+
+
+def check_evaluate_mnist_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Check the combination of ``cfaug evaluate mnist`` options that argparse cannot; return ``args``.
+
+    Raises:
+        ValueError: ``--modes`` without ``--kinds``, ``--kinds`` with ``--settings`` or ``--augment-p`` (the
+            matched budget sets ``p``), or not exactly one weights column for ``--kinds``; a number out of range.
+    """
+    for name in ("epochs", "num_counterfactuals", "batch_size", "max_train_images", "num_threads"):
+        if getattr(args, name, None) is not None:
+            check_positive_int(getattr(args, name), "--" + name.replace("_", "-"))
+    if getattr(args, "kinds", None) is None:
+        if getattr(args, "modes", None) is not None:
+            raise ValueError(f"`--modes` should come with `--kinds`, but got --modes {' '.join(args.modes)} alone.")
+        return args
+    if args.settings is not None:
+        raise ValueError("`--kinds` (the matched-budget comparison) and `--settings` should not be combined.")
+    if args.augment_p != 0.5:
+        raise ValueError(
+            f"`--augment-p` should not be given with `--kinds`: the matched budget sets p = counterfactuals / "
+            f"(real + counterfactuals), but got --augment-p {args.augment_p}."
+        )
+    columns = weights_from_args(args)
+    if len(columns) != 1:
+        raise ValueError(
+            f"`--kinds` should come with exactly one CGN (--weights NAME=PATH), but got {len(columns)}: "
+            f"{sorted(columns)}."
+        )
+    return args
 
 
 def weights_from_args(args: argparse.Namespace, variant: str | None = None) -> dict[str, str]:
@@ -158,7 +208,7 @@ def run_table2_from_args(
         variant,
         weights_from_args(args, variant),
         seeds=args.seeds,
-        settings=args.settings,
+        settings=args.settings or SETTINGS,
         epochs=args.epochs,
         num_counterfactuals=args.num_counterfactuals,
         data_root=args.data_root,
@@ -174,8 +224,26 @@ def run_table2_from_args(
 
 def run_evaluate_mnist(args: argparse.Namespace) -> int:
     """Run ``cfaug evaluate mnist``: the Table 2 experiment for one variant; print the table, return 0."""
+    check_evaluate_mnist_args(args)
     if args.num_threads is not None:
-        torch.set_num_threads(check_positive_int(args.num_threads, "--num-threads"))
+        torch.set_num_threads(args.num_threads)
+    if args.kinds is not None:
+        (weights,) = weights_from_args(args).values()
+        options = ("seeds", "kinds", "epochs", "num_counterfactuals", "max_train_images", "batch_size")
+        results = run_matched_budget(
+            args.variant,
+            weights,
+            args.out_dir,
+            modes=args.modes or MODES,
+            data_root=args.data_root,
+            texture_root=args.texture_root,
+            device=args.device,
+            progress=args.progress,
+            **{name: getattr(args, name) for name in options},
+        )
+        print(format_matched_budget(results))
+        print(f"\nResults: {Path(args.out_dir) / RESULTS_FILE}")
+        return 0
     results = run_table2_from_args(args, args.variant, args.out_dir, args.texture_root)
     print(format_table2(results))
     print(f"\nResults: {Path(args.out_dir) / 'results.json'}")

@@ -3,7 +3,8 @@
 ``cfaug evaluate mnist`` runs the classifier experiment of Table 2 (``cfaug.evaluation.mnist``); ``cfaug evaluate
 imagenet`` the shape bias (Table 3) and the Backgrounds Challenge (Table 4) of an ImageNet classifier
 (``cfaug.evaluation.imagenet``). The MNIST experiment is split into ``table2`` (orchestration), ``counterfactual_sets``
-and ``shape_classifier``; ``cfaug.evaluation.mnist`` re-exports all of it under its old name.
+and ``shape_classifier``, with ``matched_budget`` comparing the kinds of counterfactual per batch and as a saved set
+at the same training budget; ``cfaug.evaluation.mnist`` re-exports all of it under its old name.
 ``train_shape_classifier`` (alias ``train_classifier``) trains the MNIST experiment's small CNN; the ImageNet
 classifier ensemble has its own trainer in the training package.
 
@@ -34,6 +35,18 @@ from cfaug.evaluation.imagenet import (
     load_in9_mapping,
     shape_bias,
 )
+from cfaug.evaluation.matched_budget import (
+    KINDS,
+    MODES,
+    MatchedBudget,
+    augment_batch,
+    best_kinds,
+    counterfactual_set,
+    format_matched_budget,
+    merge_matched_budget,
+    run_matched_budget,
+    train_matched,
+)
 
 # The MNIST experiment's names are exactly those of its old module, which re-exports them from their new homes.
 from cfaug.evaluation.mnist import *  # noqa: F403
@@ -44,9 +57,19 @@ __all__ = [
     "DEFAULT_BACKGROUND_VARIANTS",
     "GEIRHOS_16_CATEGORIES",
     "IN9_CLASSES",
+    "KINDS",
+    "MODES",
     "CueConflictStimuli",
     "EvaluationModel",
+    "MatchedBudget",
+    "augment_batch",
     "backgrounds_challenge",
+    "best_kinds",
+    "counterfactual_set",
+    "format_matched_budget",
+    "merge_matched_budget",
+    "run_matched_budget",
+    "train_matched",
     "format_backgrounds",
     "format_shape_bias",
     "load_evaluation_model",

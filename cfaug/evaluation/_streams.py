@@ -15,4 +15,6 @@ from __future__ import annotations
     STREAM_REAL_CLASSES,
     STREAM_REAL_NOISE,
     STREAM_ONLINE,
-) = range(1, 9)
+    STREAM_KIND_PICK,
+    STREAM_MIXED_SET,
+) = range(1, 11)

@@ -166,6 +166,10 @@ class ShapeClassifierParts:
         real_transform: applied to the real images of every batch, or ``None``.
         batch_size: images per step.
         device: torch device.
+        batch_transform: applied to the real images and labels of every batch (returns the images), or ``None``.
+        epoch_length: images per epoch; ``None`` for one pass over real images and counterfactuals. Longer than
+            the real images (with no counterfactuals), the real images are looped: every one once in a fresh
+            order before any twice, so a per-batch run sees as many images and steps as a saved-set run.
     """
 
     model: ShapeClassifier
@@ -179,6 +183,8 @@ class ShapeClassifierParts:
     real_transform: Callable[[torch.Tensor], torch.Tensor] | None
     batch_size: int
     device: str
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    epoch_length: int | None = None
 
     @property
     def num_real(self) -> int:
@@ -190,9 +196,23 @@ class ShapeClassifierParts:
         """Number of counterfactual training images."""
         return 0 if self.cf_labels is None else len(self.cf_labels)
 
+    @property
+    def epoch_size(self) -> int:
+        """Images per epoch: ``epoch_length``, or every real image and counterfactual once."""
+        return self.num_real + self.num_cf if self.epoch_length is None else self.epoch_length
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps per epoch (the last batch may be short)."""
+        return math.ceil(self.epoch_size / self.batch_size)
+
     def epoch_batches(self) -> Iterator[torch.Tensor]:
         """One epoch's batches of indices, in a fresh order drawn from ``shuffle``."""
-        return iter(torch.randperm(self.num_real + self.num_cf, generator=self.shuffle).split(self.batch_size))
+        total = self.num_real + self.num_cf
+        rounds = -(-self.epoch_size // total)
+        # One permutation per pass over the data, so no image repeats before every image was seen once.
+        order = torch.cat([torch.randperm(total, generator=self.shuffle) for _ in range(rounds)])
+        return iter(order[: self.epoch_size].split(self.batch_size))
 
 
 def build_shape_classifier_parts(
@@ -206,6 +226,8 @@ def build_shape_classifier_parts(
     max_real: int | None = None,
     real_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str = "cpu",
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    epoch_length: int | None = None,
 ) -> ShapeClassifierParts:
     """Build what ``train_shape_classifier`` trains with (its arguments of the same names say what each does).
 
@@ -215,11 +237,16 @@ def build_shape_classifier_parts(
         The parts, the model in train mode.
 
     Raises:
-        ValueError: both sources are ``None`` or empty, or a number is out of range.
+        ValueError: both sources are ``None`` or empty, a number is out of range, both transforms are given, or
+            ``epoch_length`` is given with counterfactuals.
     """
     check_positive_int(batch_size, "batch_size")
     if max_real is not None:
         check_positive_int(max_real, "max_real")
+    if epoch_length is not None:
+        check_positive_int(epoch_length, "epoch_length")
+    if real_transform is not None and batch_transform is not None:
+        raise ValueError("`real_transform` and `batch_transform` should not both be given, but got both.")
     if real is None:
         real_images, real_labels = torch.empty(0, 3, 32, 32), torch.empty(0, dtype=torch.int64)
     elif isinstance(real, tuple):
@@ -232,6 +259,11 @@ def build_shape_classifier_parts(
         cf_images, cf_labels = cf_images.to(device), cf_labels.to(device)
     if len(real_labels) + (0 if cf_labels is None else len(cf_labels)) == 0:
         raise ValueError("`real` and `counterfactuals` should not both be empty, but got no training images.")
+    if epoch_length is not None and cf_labels is not None and len(cf_labels):
+        raise ValueError(
+            f"`epoch_length` loops the real images of a run without counterfactuals, but got {epoch_length} with "
+            f"{len(cf_labels)} counterfactuals."
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(mix_seed(seed, STREAM_INIT))
         model = ShapeClassifier().to(device)
@@ -251,6 +283,8 @@ def build_shape_classifier_parts(
         real_transform=real_transform,
         batch_size=batch_size,
         device=device,
+        batch_transform=batch_transform,
+        epoch_length=epoch_length,
     )
 
 
@@ -268,10 +302,12 @@ def shape_classifier_step(parts: ShapeClassifierParts, batch: torch.Tensor) -> t
     # Indices below num_real are real images, the rest counterfactuals (uint8, made float here).
     is_real = batch < num_real
     real_index = batch[is_real].to(device, non_blocking=True)
-    real_batch = parts.real_images[real_index]
+    real_batch, real_labels = parts.real_images[real_index], parts.real_labels[real_index]
     if parts.real_transform is not None and len(real_batch):
         real_batch = parts.real_transform(real_batch)
-    images, labels = [real_batch], [parts.real_labels[real_index]]
+    if parts.batch_transform is not None and len(real_batch):
+        real_batch = parts.batch_transform(real_batch, real_labels)
+    images, labels = [real_batch], [real_labels]
     if parts.num_cf:
         cf_index = (batch[~is_real] - num_real).to(device, non_blocking=True)
         images.append(parts.cf_images[cf_index].to(torch.float32) / 255)
@@ -296,6 +332,8 @@ def train_shape_classifier(
     real_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str = "cpu",
     progress: bool = False,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    epoch_length: int | None = None,
 ) -> ShapeClassifier:
     """Train a ``ShapeClassifier`` with the authors' recipe on real images, counterfactuals or both.
 
@@ -325,6 +363,11 @@ def train_shape_classifier(
             Seed its own generator for a reproducible run.
         device: torch device.
         progress: show a progress bar.
+        batch_transform: like ``real_transform``, but called as ``batch_transform(images, labels)`` (returns the
+            images), for counterfactuals that need the labels (``cfaug.evaluation.matched_budget.augment_batch``).
+        epoch_length: images per epoch, looping the real images (a run without counterfactuals only); ``None``
+            for one pass. A per-batch run with ``epoch_length = num_real + num_cf`` makes as many steps as a run
+            on the real images plus ``num_cf`` saved counterfactuals.
 
     Returns:
         The trained classifier in eval mode.
@@ -343,8 +386,10 @@ def train_shape_classifier(
         max_real=max_real,
         real_transform=real_transform,
         device=device,
+        batch_transform=batch_transform,
+        epoch_length=epoch_length,
     )
-    steps_per_epoch = math.ceil((parts.num_real + parts.num_cf) / parts.batch_size)
+    steps_per_epoch = parts.steps_per_epoch
     batches: Iterator[torch.Tensor] = iter(())
 
     def step(index: int) -> dict[str, torch.Tensor]:

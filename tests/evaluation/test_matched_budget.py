@@ -1,0 +1,248 @@
+"""Table 2 at a matched budget: the kinds of counterfactual, the matched per-batch loop and its command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from test_evaluation_mnist import mnist_root  # noqa: F401 (the fake MNIST fixture, shared)
+from toy_backend import ToyBackend
+
+from cfaug.backends.mnist import MnistBackend
+from cfaug.cli.evaluate import add_evaluate_mnist_arguments, check_evaluate_mnist_args, run_evaluate_mnist
+from cfaug.evaluation.matched_budget import (
+    KINDS,
+    MatchedBudget,
+    augment_batch,
+    best_kinds,
+    counterfactual_set,
+    format_matched_budget,
+    merge_matched_budget,
+    train_matched,
+)
+from cfaug.evaluation.shape_classifier import build_shape_classifier_parts
+from cfaug.transforms import CounterfactualAugment
+
+
+class MaskBackend(ToyBackend):
+    """The toy backend with a white texture and a black background: every counterfactual *is* its mask."""
+
+    def texture_mechanism(self, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(classes), self.channels, self.image_size, self.image_size)
+
+    def background_mechanism(self, classes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(classes), self.channels, self.image_size, self.image_size)
+
+
+def _kind_outputs(kind: str, labels: torch.Tensor) -> tuple[MaskBackend, torch.Tensor]:
+    backend = MaskBackend(num_classes=2, image_size=32)
+    images = torch.rand(len(labels), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    augment = CounterfactualAugment(backend, p=1.0, generator=torch.Generator().manual_seed(1))
+    made = augment_batch(augment, images, labels, kind, torch.Generator().manual_seed(2))
+    return backend, made
+
+
+def _is_estimated_mask(backend: MaskBackend, made: torch.Tensor) -> torch.Tensor:
+    estimated = (backend.radius2 < 0.5).float()
+    return (made - estimated).abs().amax(dim=(1, 2, 3)) < 1e-6
+
+
+def _generated_class(made: torch.Tensor) -> torch.Tensor:
+    # The toy disc's radius is 0.3 + 0.3 (c + 1) for two classes (0.6 or 0.9, jittered by 0.05): read it back
+    # from the disc's share of the [-1, 1] square.
+    radius = (made[:, 0].mean(dim=(1, 2)) * 4 / torch.pi).sqrt()
+    return (radius > 0.75).long()
+
+
+def test_the_real_kind_keeps_the_estimated_mask():
+    labels = torch.arange(12) % 2
+    backend, made = _kind_outputs("real", labels)
+    assert _is_estimated_mask(backend, made).all()
+
+
+def test_the_generated_kind_follows_the_label_class():
+    labels = torch.arange(12) % 2
+    backend, made = _kind_outputs("generated", labels)
+    assert not _is_estimated_mask(backend, made).any()
+    assert torch.equal(_generated_class(made), labels)
+
+
+def test_the_mixed_kind_gives_each_image_one_of_both():
+    labels = torch.ones(40, dtype=torch.int64)  # the larger disc, far from the estimated one
+    backend, made = _kind_outputs("mixed", labels)
+    real_shape = _is_estimated_mask(backend, made)
+    assert 8 <= int(real_shape.sum()) <= 32  # a draw of probability 1/2 per image
+    assert (_generated_class(made[~real_shape]) == 1).all()
+    _, again = _kind_outputs("mixed", labels)
+    assert torch.equal(made, again)  # seeded
+
+
+def test_augment_batch_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="kind"):
+        augment_batch(lambda images: images, torch.rand(2, 3, 4, 4), torch.zeros(2), "shape")
+
+
+def test_saved_sets_of_each_kind():
+    backend = MaskBackend(num_classes=2, image_size=32)
+    real = (torch.rand(10, 3, 32, 32), torch.arange(10) % 2)
+    for kind in KINDS:
+        images, labels = counterfactual_set(backend, real, 16, seed=0, kind=kind)
+        assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (16,)
+        real_shape = _is_estimated_mask(backend, images.float() / 255)
+        expected = {"real": 16, "generated": 0}.get(kind)
+        if expected is None:
+            assert 0 < int(real_shape.sum()) < 16
+        else:
+            assert int(real_shape.sum()) == expected
+        assert torch.equal(_generated_class(images[~real_shape].float() / 255), labels[~real_shape])
+
+
+# ------------------------------------------------------------------------------------------ the budget
+
+
+def test_budget_matches_images_steps_and_expected_counterfactuals():
+    budget = MatchedBudget(num_real=50, num_counterfactuals=30, batch_size=16, epochs=2)
+    assert (budget.epoch_length, budget.steps_per_epoch, budget.images, budget.steps) == (80, 5, 160, 10)
+    assert budget.p * budget.epoch_length == pytest.approx(30)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_batch_runs_see_the_saved_runs_images_and_steps(kind):
+    backend = ToyBackend(num_classes=10, image_size=32)
+    real = (torch.rand(50, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.arange(50) % 10)
+    budget = MatchedBudget(num_real=50, num_counterfactuals=30, batch_size=16, epochs=2)
+    _, per_batch = train_matched(backend, real, budget, kind, "per-batch", seed=0)
+    _, saved = train_matched(backend, real, budget, kind, "saved", seed=0)
+    assert per_batch == saved == {"images": 160, "steps": 10}
+
+
+def test_a_looped_epoch_shows_every_real_image_before_any_twice():
+    real = (torch.rand(20, 3, 32, 32), torch.arange(20) % 10)
+    seen: list[torch.Tensor] = []
+
+    def record(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        seen.append(images)
+        return images
+
+    parts = build_shape_classifier_parts(real, None, batch_size=8, batch_transform=record, epoch_length=50)
+    batches = list(parts.epoch_batches())
+    assert [len(batch) for batch in batches] == [8] * 6 + [2] and parts.steps_per_epoch == 7
+    order = torch.cat(batches)
+    for start in (0, 20):
+        assert torch.equal(order[start : start + 20].sort().values, torch.arange(20))
+    assert len(set(order[40:].tolist())) == 10
+
+
+def test_epoch_length_and_transform_combinations_are_checked():
+    real = (torch.rand(4, 3, 32, 32), torch.arange(4))
+    saved = (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.arange(2))
+    with pytest.raises(ValueError, match="`epoch_length`"):
+        build_shape_classifier_parts(real, saved, epoch_length=8)
+    with pytest.raises(ValueError, match="`real_transform` and `batch_transform`"):
+        build_shape_classifier_parts(real, None, real_transform=lambda x: x, batch_transform=lambda x, y: x)
+
+
+def test_format_names_the_budget_and_the_best_kind():
+    stats = lambda mean, n: {"mean": mean, "std": None if n < 2 else 0.5, "n": n}  # noqa: E731
+    summary = {
+        mode: {kind: {"accuracy": stats(m, n), "accuracy_visible": stats(m, n)} for kind, m, n in rows}
+        for mode, rows in {
+            "saved": [("real", 90.0, 3), ("generated", 80.0, 3)],
+            "per-batch": [("real", 85.0, 1), ("generated", 88.0, 2)],
+        }.items()
+    }
+    budget = MatchedBudget(100, 100, 64, 2).as_dict()
+    results = {"variant": "colored_mnist", "config": {"budget": budget}, "summary": summary}
+    assert best_kinds(results) == {"saved": "real", "per-batch": "generated"}
+    table = format_matched_budget(results)
+    assert "400 images and 8 steps" in table and "p=0.5" in table
+    assert "| saved | real | 90.0 ± 0.5 (3 seeds) |" in table and "| per-batch | real | 85.0 (1 seed) |" in table
+    assert "Best kind: saved real, per-batch generated" in table
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = add_evaluate_mnist_arguments(argparse.ArgumentParser(prog="cfaug evaluate mnist"))
+    return parser.parse_args(["colored_mnist", "--out-dir", "out", *argv])
+
+
+def test_cli_parses_the_matched_budget_flags():
+    args = _parse(
+        "--weights", "ours=cgn.safetensors", "--kinds", "real", "mixed", "--modes", "per-batch",
+        "--seeds", "0", "1", "--epochs", "2", "--num-counterfactuals", "100", "--max-train-images", "100",
+    )  # fmt: skip
+    assert check_evaluate_mnist_args(args) is args
+    assert (args.kinds, args.modes, args.seeds, args.epochs) == (["real", "mixed"], ["per-batch"], [0, 1], 2)
+    assert (args.num_counterfactuals, args.max_train_images, args.settings) == (100, 100, None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--modes", "saved"], "`--modes` should come with `--kinds`"),
+        (["--kinds", "real", "--settings", "original"], "should not be combined"),
+        (["--kinds", "real", "--augment-p", "0.3"], "`--augment-p` should not be given"),
+        (["--kinds", "real", "--weights", "b=other.safetensors"], "exactly one CGN"),
+        (["--kinds", "real", "--epochs", "0"], "`--epochs`"),
+        (["--kinds", "real", "--max-train-images", "-5"], "`--max-train-images`"),
+    ],
+)
+def test_cli_rejects_bad_combinations(argv, message):
+    args = _parse("--weights", "a=cgn.safetensors", *argv)
+    with pytest.raises(ValueError, match=message):
+        check_evaluate_mnist_args(args)
+
+
+def test_cli_rejects_an_unknown_kind(capsys):
+    with pytest.raises(SystemExit):
+        _parse("--kinds", "painted")
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_runs_the_matched_comparison_and_writes_results(mnist_root, tmp_path, capsys):  # noqa: F811
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        backend = MnistBackend(latent_dim=8, ngf=8, mask_estimator=True, mask_estimator_width=4)
+    backend.mark_mask_estimator_trained()
+    backend.save(tmp_path / "cgn.safetensors")
+    out = tmp_path / "run"
+    args = _parse(
+        "--weights", f"ours={tmp_path / 'cgn.safetensors'}", "--kinds", "real", "generated", "mixed",
+        "--seeds", "0", "--epochs", "1", "--num-counterfactuals", "10", "--max-train-images", "20",
+        "--batch-size", "8", "--data-root", mnist_root, "--no-progress",
+    )  # fmt: skip
+    args.out_dir = str(out)
+    assert run_evaluate_mnist(args) == 0
+    printed = capsys.readouterr().out
+    assert "| per-batch | mixed |" in printed and "Best kind:" in printed
+    results = json.loads((out / "matched_budget.json").read_text())
+    assert results["complete"] and results["config"]["budget"]["steps"] == 4
+    assert {(run["kind"], run["mode"]) for run in results["runs"]} == {
+        (kind, mode) for kind in KINDS for mode in ("saved", "per-batch")
+    }
+    assert all(run["images"] == 30 and run["steps"] == 4 for run in results["runs"])
+    assert sorted(results["grids"].values()) == [f"kinds_colored_mnist_{kind}.png" for kind in sorted(KINDS)]
+    assert all((out / name).is_file() for name in results["grids"].values())
+
+
+def _part(seed: int, accuracy: float, **config) -> dict:
+    run = {"kind": "real", "mode": "per-batch", "seed": seed, "accuracy": accuracy, "accuracy_visible": accuracy}
+    base = {"kinds": ["real"], "modes": ["per-batch"], "budget": MatchedBudget(10, 10, 4, 1).as_dict()}
+    return {"variant": "colored_mnist", "complete": True, "config": {**base, **config}, "runs": [run]}
+
+
+def test_merge_joins_seeds_and_refuses_other_protocols():
+    merged = merge_matched_budget([_part(0, 0.8), _part(1, 0.9)])
+    assert merged["config"]["seeds"] == [0, 1] and merged["best"] == {"per-batch": "real"}
+    stats = merged["summary"]["per-batch"]["real"]["accuracy"]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(85.0)
+    with pytest.raises(ValueError, match="'budget'"):
+        merge_matched_budget([_part(0, 0.8), _part(1, 0.9, budget=MatchedBudget(10, 20, 4, 1).as_dict())])
+    with pytest.raises(ValueError, match="once"):
+        merge_matched_budget([_part(0, 0.8), _part(0, 0.9)])
+    with pytest.raises(ValueError, match="at least one"):
+        merge_matched_budget([])
