@@ -242,7 +242,7 @@ def build_checked(
     if problems:
         implied = sum(t.numel() for t in expected.values())
         held = sum(t.numel() for t in state.values())
-        count = [f"{what} implies {implied:,} values, the file holds {held:,}"] if implied != held else []
+        count = [f"it implies {implied:,} values, the file holds {held:,}"] if implied != held else []
         raise CheckpointError(f"{source} does not fit {what}: " + "; ".join(count + problems) + ".")
     model = build() if model is None else model
     model.load_state_dict(dict(state), strict=True)

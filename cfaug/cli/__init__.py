@@ -1,6 +1,8 @@
 """The ``cfaug`` command line: list, demo, generate, import-weights, train, evaluate.
 
-Bad arguments end with exit code 2 and a one-line message on stderr, as argparse does for parse errors.
+Every error ends in one line on stderr naming the argument or file: exit code 2 for bad arguments, OS errors
+(missing, unreadable or unwritable files, a full disk), devices this machine lacks, memory and cfaug's own errors;
+130 for Ctrl-C; 1 for an internal error. ``--debug`` or ``CFAUG_DEBUG=1`` adds the traceback.
 
 ``generate``, ``train imagenet`` and ``train classifier`` also run under torchrun, one process per device
 (``torchrun --nproc_per_node=4 -m cfaug.cli generate ...``): every process runs the same command and takes its

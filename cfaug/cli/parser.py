@@ -214,7 +214,7 @@ def _check_device(value: str) -> None:
         device = torch.device(value)
     except (RuntimeError, ValueError) as error:
         raise _FlagError(
-            f"`--device` should be a torch device such as cpu, cuda or cuda:1, but got {value!r} ({error})."
+            f"`--device` should be a torch device such as cpu, cuda, cuda:1 or mps, but got {value!r}."
         ) from error
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
