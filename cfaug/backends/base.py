@@ -102,6 +102,8 @@ class Backend(nn.Module, abc.ABC):
         image_size: side of the square images the mechanisms produce.
         channels: channels of foreground, background and composite.
         provenance: for weights imported from another code base, their source; ``None`` otherwise.
+        default_shape: the kind of counterfactual these weights were measured to do best with for labelled samples
+            (``"real"``, ``"generated"`` or ``"mixed"``; ``CounterfactualAugment(shape="auto")`` uses it), or ``None``.
     """
 
     name: ClassVar[str] = ""
@@ -122,6 +124,8 @@ class Backend(nn.Module, abc.ABC):
         self.weights_sha256: str | None = None
         #: where imported weights came from (source file, its sha256, the foreign config); ``save`` stores it.
         self.provenance: dict[str, Any] | None = None
+        #: metadata key ``default_shape``: what ``shape="auto"`` picks for labelled samples (checked there).
+        self.default_shape: str | None = None
 
     # ----------------------------------------------------------------------------------------- mechanisms
     @abc.abstractmethod
@@ -260,6 +264,8 @@ class Backend(nn.Module, abc.ABC):
         }
         if self.provenance is not None:
             meta["provenance"] = self.provenance
+        if self.default_shape is not None:
+            meta["default_shape"] = self.default_shape
         return meta
 
     def save(self, path: str | os.PathLike[str], **meta: Any) -> None:
@@ -294,6 +300,7 @@ class Backend(nn.Module, abc.ABC):
             f"the {cls.name!r} `arch` in its metadata",
         )
         model.provenance = meta.get("provenance")
+        model.default_shape = meta.get("default_shape")
         return model
 
     @classmethod

@@ -62,6 +62,7 @@ __all__ = [
     "VARIANTS",
     "ColoredMNIST",
     "DoubleColoredMNIST",
+    "MNISTNotFoundError",
     "WildlifeMNIST",
     "binarize_digits",
 ]
@@ -153,6 +154,14 @@ def binarize_digits(digits: torch.Tensor) -> torch.Tensor:
     return (digits > _MASK_THRESHOLD)[:, source][:, :, source].to(torch.uint8).contiguous()
 
 
+class MNISTNotFoundError(FileNotFoundError, RuntimeError):
+    """MNIST is not where a dataset looked for it.
+
+    A ``FileNotFoundError``, so that ``cfaug`` reports it in one line, and still the ``RuntimeError`` torchvision's
+    ``MNIST`` raises, for callers that catch that.
+    """
+
+
 class _BiasedMNIST(VisionDataset):
     """The shared part of the three variants: digits, split, masks, factor classes, indexing and targets.
 
@@ -208,9 +217,7 @@ class _BiasedMNIST(VisionDataset):
         try:
             source = MNIST(self.root, train=True, download=download)
         except RuntimeError as error:
-            # A FileNotFoundError (the data is missing: `cfaug` reports it in one line) that is still the
-            # RuntimeError torchvision raises, for callers that catch that.
-            raise type("MNISTNotFoundError", (FileNotFoundError, RuntimeError), {"__module__": __name__})(
+            raise MNISTNotFoundError(
                 f"{type(self).__name__} could not load the MNIST training set from {os.path.join(self.root, 'MNIST')}: "
                 f"{error}"
             ) from error
@@ -368,7 +375,7 @@ class ColoredMNIST(_BiasedMNIST):
         target: ``"digit"`` or ``"all"``.
 
     Raises:
-        RuntimeError: MNIST is not in ``root`` ("Dataset not found. You can use download=True to download it")
+        MNISTNotFoundError: MNIST is not in ``root`` ("Dataset not found. You can use download=True to download it")
             or could not be downloaded.
         TypeError, ValueError: an argument has the wrong type or value.
 
@@ -419,7 +426,7 @@ class DoubleColoredMNIST(_BiasedMNIST):
         target: ``"digit"`` or ``"all"``.
 
     Raises:
-        RuntimeError: MNIST is not in ``root`` or could not be downloaded.
+        MNISTNotFoundError: MNIST is not in ``root`` or could not be downloaded.
         TypeError, ValueError: an argument has the wrong type or value.
 
     Examples:
@@ -472,7 +479,7 @@ class WildlifeMNIST(_BiasedMNIST):
         target: ``"digit"`` or ``"all"``.
 
     Raises:
-        RuntimeError: MNIST is not in ``root`` or could not be downloaded.
+        MNISTNotFoundError: MNIST is not in ``root`` or could not be downloaded.
         FileNotFoundError: ``texture_root`` or the texture of some class is missing (the message names them).
         TypeError, ValueError: an argument has the wrong type or value, or a class has two textures.
 

@@ -465,8 +465,9 @@ def test_bad_arguments_are_rejected_with_clear_messages(mnist, tmp_path):
         ColoredMNIST(root, seed=1.5)
     with pytest.raises(TypeError, match="`root`"):
         ColoredMNIST(None)
-    with pytest.raises(RuntimeError, match="Dataset not found. You can use download=True"):
+    with pytest.raises(RuntimeError, match="Dataset not found. You can use download=True") as missing:
         DoubleColoredMNIST(tmp_path / "empty")
+    assert isinstance(missing.value, FileNotFoundError)  # so that `cfaug` reports it in one line
     dataset = ColoredMNIST(root, train=False)
     with pytest.raises(IndexError, match="200"):
         dataset[200]

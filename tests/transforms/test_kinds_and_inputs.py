@@ -108,6 +108,18 @@ def test_auto_resolves_to_the_recommended_kind_with_labels_and_real_without(toy)
         CounterfactualAugment(recommends_real, p=1.0)(images, labels)
 
 
+def test_default_shape_travels_with_the_weights(tmp_path):
+    backend = ToyBackend()
+    backend.default_shape = "real"
+    backend.save(tmp_path / "recommends_real.safetensors")
+    loaded = cfaug.load_backend("toy", weights=tmp_path / "recommends_real.safetensors")
+    assert loaded.default_shape == "real"
+    (_, _), record = CounterfactualAugment(loaded, p=1.0, return_record=True)(torch.rand(4, 3, 8, 8), torch.arange(4))
+    assert (record["shape"] == -1).all()  # auto picked the real shape for labelled samples
+    ToyBackend().save(tmp_path / "plain.safetensors")
+    assert cfaug.load_backend("toy", weights=tmp_path / "plain.safetensors").default_shape is None
+
+
 def test_kinds_without_a_mask_estimator():
     no_estimator = ToyBackend(mask_estimator=False)
     images, labels = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
