@@ -158,15 +158,22 @@ def test_ownership_rules(tmp_path):
 # ----------------------------------------------------------------------------------------------- concurrency
 
 
-def test_two_writers_with_other_seeds_one_is_refused_the_other_completes(tmp_path, writers):
+def test_a_writer_with_another_seed_is_refused_while_one_writes(tmp_path, writers):
+    first = writers.start(hold_at=6, seed=1)  # held inside its second chunk, its partial manifest written
+    writers.wait_ready(1)
+    code, out = writers.finish(writers.start(seed=2))
+    assert code == 3 and "other settings" in out and "seed: 1 (requested 2)" in out
+    writers.release()
+    assert writers.finish(first) == (0, "complete\n")
+    SavedCounterfactualDataset(writers.root).verify()
+    assert tree(writers.root) == serial(tmp_path / "serial", seed=1)
+
+
+def test_two_writers_with_other_seeds_started_together(tmp_path, writers):
     first, second = writers.start(seed=1), writers.start(seed=2)
     results = [writers.finish(first), writers.finish(second)]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 3], results
-    refused = next(out for code, out in results if code == 3)
-    assert "other settings" in refused and "seed" in refused
+    assert sorted(code for code, _ in results) == [0, 3], results
     winner = 1 if results[0][0] == 0 else 2
-    SavedCounterfactualDataset(writers.root).verify()
     assert tree(writers.root) == serial(tmp_path / "serial", seed=winner)
 
 
