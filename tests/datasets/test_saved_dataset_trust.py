@@ -12,7 +12,7 @@ import json
 import os
 import resource
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def test_a_link_leaving_the_folder_is_not_followed(saved, verify):
 
 
 @contextlib.contextmanager
-def bounded(extra_bytes: int = 1 << 29, seconds: int = 60) -> Iterator[None]:
+def bounded(extra_bytes: int = 1 << 29, seconds: int = 60) -> Generator[None, None, None]:
     """Turn an endless read into a MemoryError and a blocked open into a TimeoutError, instead of a dead machine.
 
     A guard for code that gets it wrong, not a timing: the code under test reads nothing at all.
