@@ -483,14 +483,18 @@ def write_range(
             # other settings sees this one's partial manifest and is refused before it writes.
             _check_owned(root, settings)
             writer = Writer(root, chunk_size, start, stop)
-            if not writer.others:
-                remove_temporary_files(root)  # left by a killed writer; nobody else is writing now
-            complete = (root / _MANIFEST).is_file()
-            covered = _covered(root, size)
-            if not complete:
-                plan = _ChunkPlan(covered, start, stop, chunk_size)
-                check_disk_space(root, plan.items * _bytes_per_item(settings, root, chunk_size), plan.items)
-                _write_json(part, {**part_info, "complete": False})
+            try:
+                if not writer.others:
+                    remove_temporary_files(root)  # left by a killed writer; nobody else is writing now
+                complete = (root / _MANIFEST).is_file()
+                covered = _covered(root, size)
+                if not complete:
+                    plan = _ChunkPlan(covered, start, stop, chunk_size)
+                    check_disk_space(root, plan.items * _bytes_per_item(settings, root, chunk_size), plan.items)
+                    _write_json(part, {**part_info, "complete": False})
+            except BaseException:
+                writer.close()  # a refused save leaves no registration behind in this process
+                raise
         try:
             claims = Claims(root)
             repaired = _repair(root, covered, start, stop, settings, claims)
@@ -594,8 +598,10 @@ class _ChunkWriter(Dataset):
         """Write chunk ``plan[k]`` unless another writer holds or finished it; returns the items written."""
         lo, hi = self.plan[k]
         with self.claims.claim(lo, hi, wait=self.wait) as claimed:
-            if not claimed or self._record(lo, hi).is_file():
-                return hi - lo if self.wait else 0
+            if not claimed:
+                return 0  # another writer is writing it; the second pass waits for it
+            if self._record(lo, hi).is_file():
+                return hi - lo  # another writer finished it
             try:
                 self._write_chunk(lo, hi)
             except OSError as error:

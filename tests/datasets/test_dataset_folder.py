@@ -310,8 +310,10 @@ def test_the_disk_estimate_counts_only_missing_items(tmp_path, monkeypatch):
     monkeypatch.setattr("cfaug.datasets._folder.free_bytes", lambda root: needed - 1)
     with pytest.raises(SavedDatasetError, match=rf"Saving 4 more items .* needs about .*\({needed} bytes\).*\("):
         data.save(tmp_path, chunk_size=4, progress=False)
-    monkeypatch.setattr("cfaug.datasets._folder.free_bytes", lambda root: needed)
-    assert data.save(tmp_path, chunk_size=4, progress=False)
+    # The refused save left no writer registered: another chunk size is welcome now.
+    monkeypatch.setattr("cfaug.datasets._folder.free_bytes", lambda root: needed + 4 * 4096)
+    assert data.save(tmp_path, chunk_size=2, progress=False)
+    assert sorted(p.name for p in (tmp_path / "records").iterdir())[-2:] == ["000020-000022.csv", "000022-000024.csv"]
 
 
 def test_the_estimate_bounds_what_is_written(tmp_path):
