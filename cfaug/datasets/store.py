@@ -811,6 +811,7 @@ def save_counterfactuals_distributed(
 
     info = distributed_info()
     start, stop = check_range(start, stop, len(dataset))
+    chunk_size = check_positive_int(chunk_size, "chunk_size")  # before rank_range, which calls it `align`
     lo, hi = rank_range(start, stop, info.rank, info.world_size, align=chunk_size)
     repaired: tuple[str, ...] = ()
     with fail_together("saving its share of the counterfactual dataset"):

@@ -343,3 +343,10 @@ def test_a_full_disk_mid_run_ends_in_one_error_and_keeps_what_is_finished(tmp_pa
     monkeypatch.setattr(store, "_encode_png", encode)
     assert CounterfactualDataset(ToyBackend(), size=24).save(root, chunk_size=4, progress=False)
     assert tree(root) == serial(tmp_path / "serial")
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--batch-size", "batch_size"), ("--chunk-size", "chunk_size")])
+def test_generate_refuses_zero_sizes_under_their_own_names(tmp_path, capsys, flag, name):
+    assert main(["generate", "--out", str(tmp_path / "x"), "--size", "4", "--backend", "toy", flag, "0"]) == 2
+    assert f"`{name}` should be an integer >= 1, but got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
