@@ -253,7 +253,7 @@ def _expected_file(index: int, relpath: str, fmt: str, width: int) -> str | None
         lo, hi = int(match.group(1)), int(match.group(2))
         if relpath == _shard_relpath(lo, hi, width):
             return None
-    return _shard_relpath(index, index + 1, width).replace(f"{index + 1:0{width}d}", "<stop>")
+    return f"shards/<lo>-<hi>.safetensors, {width}-digit numbers with lo <= {index} < hi"
 
 
 def check_rows(
