@@ -11,10 +11,13 @@
       records/000000-000256.csv  rows of one finished chunk; a chunk is done exactly when its record exists
       parts/000000-001000.json   partial manifest of one ``save(start=..., stop=...)`` call, with its own
                                  "complete" flag
+      .cfaug.lock, .cfaug.claims   empty files the writers' OS locks are taken on (``cfaug.datasets._folder``)
 
 Every file is written atomically, so an interrupted save leaves only whole files. A second ``save`` with the
-same settings skips the indices that already have a record and generates the others, so no index goes
-missing or appears twice. Disjoint ``start``/``stop`` ranges (one per process rank) write disjoint files;
+same settings checks the chunks that already have a record (every file against its sha256), generates again
+those that fail and the indices without a record, so no index goes missing, appears twice or stays damaged.
+A save writes only into a new or empty folder or one holding this dataset, under the locks of ``_folder``.
+Disjoint ``start``/``stop`` ranges (one per process rank) write disjoint files;
 whichever call completes the last range merges the records into ``labels.csv`` and ``manifest.json``
 (or call ``CounterfactualDataset.finalize`` as a separate step).
 """
