@@ -160,7 +160,9 @@ def run_generate_command(args: argparse.Namespace) -> int:
             stop=args.stop,
             chunk_size=args.chunk_size,
             num_workers=args.workers,
-            batch_size=args.batch_size or (GPU_GENERATION_BATCH if device.type == "cuda" else 1),
+            batch_size=(GPU_GENERATION_BATCH if device.type == "cuda" else 1)
+            if args.batch_size is None
+            else args.batch_size,
             verify=info.is_distributed,
         )
     stop = args.size if args.stop is None else args.stop

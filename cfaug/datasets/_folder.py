@@ -13,19 +13,24 @@ so an interrupted writer never leaves a stale lock behind:
   written, so two writers never write the same chunk at once.
 
 The lock files are empty; they stay in the folder (removing a lock file that another process may be waiting on
-would let two processes lock two different files).
+would let two processes lock two different files). On systems without POSIX locks (Windows) the locks are no-ops:
+one writer per folder at a time is then the user's responsibility.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import stat
 from collections.abc import Generator, Iterable
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks; saves work, but concurrent writers are not kept apart there
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["SavedDatasetError"]
 
@@ -83,7 +88,8 @@ def folder_lock(root: Path) -> Generator[None, None, None]:
     make_folder(root)
     fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -100,7 +106,8 @@ def _held(path: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
@@ -140,7 +147,8 @@ class Writer:
                 )
         self.path = root / _writer_name(chunk_size, start, stop)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        fcntl.flock(self._fd, fcntl.LOCK_SH)  # shared: identical writers each hold the same file
+        if fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_SH)  # shared: identical writers each hold the same file
 
     def close(self) -> None:
         """Release the registration, removing the file unless an identical writer still holds it.
@@ -182,6 +190,9 @@ class Claims:
     @contextlib.contextmanager
     def claim(self, lo: int, hi: int, wait: bool) -> Generator[bool, None, None]:
         """Hold bytes ``[lo, hi)``; yields False (without waiting) when another process holds some of them."""
+        if fcntl is None:
+            yield True
+            return
         fd = self._fd()
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), hi - lo, lo)

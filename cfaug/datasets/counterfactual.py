@@ -426,16 +426,7 @@ class CounterfactualDataset(VisionDataset):
             SavedDatasetError: ``root`` holds other files or a dataset saved with other settings, another
                 process saves into it with another chunk grid, or the disk is (or gets) too full.
         """
-        report = self._save(
-            root,
-            format,
-            start=start,
-            stop=stop,
-            chunk_size=chunk_size,
-            num_workers=num_workers,
-            batch_size=batch_size,
-            progress=progress,
-        )
+        report = self._save(root, format, start, stop, chunk_size, num_workers, batch_size, progress)
         if report.repaired:
             warnings.warn(
                 f"{len(report.repaired)} finished chunk(s) of {os.fspath(root)!r} failed their check and were "
@@ -449,7 +440,6 @@ class CounterfactualDataset(VisionDataset):
         self,
         root: str | os.PathLike[str],
         format: str,
-        *,
         start: int,
         stop: int | None,
         chunk_size: int,

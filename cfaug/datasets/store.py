@@ -11,10 +11,13 @@
       records/000000-000256.csv  rows of one finished chunk; a chunk is done exactly when its record exists
       parts/000000-001000.json   partial manifest of one ``save(start=..., stop=...)`` call, with its own
                                  "complete" flag
+      .cfaug.lock, .cfaug.claims   empty files the writers' OS locks are taken on (``cfaug.datasets._folder``)
 
 Every file is written atomically, so an interrupted save leaves only whole files. A second ``save`` with the
-same settings skips the indices that already have a record and generates the others, so no index goes
-missing or appears twice. Disjoint ``start``/``stop`` ranges (one per process rank) write disjoint files;
+same settings checks the chunks that already have a record (every file against its sha256), generates again
+those that fail and the indices without a record, so no index goes missing, appears twice or stays damaged.
+A save writes only into a new or empty folder or one holding this dataset, under the locks of ``_folder``.
+Disjoint ``start``/``stop`` ranges (one per process rank) write disjoint files;
 whichever call completes the last range merges the records into ``labels.csv`` and ``manifest.json``
 (or call ``CounterfactualDataset.finalize`` as a separate step).
 """
@@ -22,6 +25,7 @@ whichever call completes the last range merges the records into ``labels.csv`` a
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import errno
 import hashlib
@@ -30,7 +34,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -252,7 +256,7 @@ def _expected_file(index: int, relpath: str, fmt: str, width: int) -> str | None
         lo, hi = int(match.group(1)), int(match.group(2))
         if relpath == _shard_relpath(lo, hi, width):
             return None
-    return _shard_relpath(index, index + 1, width).replace(f"{index + 1:0{width}d}", "<stop>")
+    return f"shards/<lo>-<hi>.safetensors, {width}-digit numbers with lo <= {index} < hi"
 
 
 def check_rows(
@@ -472,75 +476,72 @@ def write_range(
         _check_owned(root, settings)
     else:
         check_disk_space(root, (stop - start) * per_item, stop - start)
+    with _full_disk_is_one_error(root, dataset.size):
+        size, fmt = dataset.size, settings["format"]
+        width = _width(size)
+        part = root / "parts" / _range_name(start, stop, width, "json")
+        part_info = {**settings, "start": start, "stop": stop, "device": str(dataset.device)}
+        with folder_lock(root):
+            # The settings check, the registration and the partial manifest form one step: a second writer with
+            # other settings sees this one's partial manifest and is refused before it writes.
+            _check_owned(root, settings)
+            writer = Writer(root, chunk_size, start, stop)
+            try:
+                if not writer.others:
+                    remove_temporary_files(root)  # left by a killed writer; nobody else is writing now
+                complete = (root / _MANIFEST).is_file()
+                covered = _covered(root, size)
+                if not complete:
+                    plan = _ChunkPlan(covered, start, stop, chunk_size)
+                    check_disk_space(root, plan.items * _bytes_per_item(settings, root, chunk_size), plan.items)
+                    _write_json(part, {**part_info, "complete": False})
+            except BaseException:
+                writer.close()  # a refused save leaves no registration behind in this process
+                raise
+        try:
+            claims = Claims(root)
+            repaired = _repair(root, covered, start, stop, settings, claims)
+            if complete and not repaired and _labels_match(root):
+                return SaveReport(True)
+            chunk_writer = _ChunkWriter(dataset, root, fmt, width, batch_size, claims)
+            bar = tqdm(total=stop - start, unit="img", desc=f"Saving {root.name or root}", disable=not progress)
+            with bar:
+                bar.update(stop - start - _ChunkPlan(_covered(root, size), start, stop, chunk_size).items)
+                # First pass: skip the chunks another writer holds; then wait for those (its writer may have died).
+                for wait in (False, True):
+                    chunk_writer.plan = _ChunkPlan(_covered(root, size), start, stop, chunk_size)
+                    chunk_writer.wait = wait
+                    workers = 0 if wait else min(num_workers, len(chunk_writer.plan))
+                    loader = DataLoader(chunk_writer, batch_size=None, shuffle=False, num_workers=workers)
+                    for status in loader:
+                        if status == _DISK_FULL:
+                            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                        bar.update(max(0, int(status)))
+            with folder_lock(root):
+                _write_json(part, {**part_info, "complete": True})
+                covered = _covered(root, size)
+                if sum(hi - lo for lo, hi, _ in covered) < size:
+                    return SaveReport(False, repaired)  # other ranges are still missing (another process, a later call)
+                _finalize(root)
+                return SaveReport(True, repaired)
+        finally:
+            with folder_lock(root):
+                writer.close()
+
+
+@contextlib.contextmanager
+def _full_disk_is_one_error(root: Path, size: int) -> Generator[None, None, None]:
+    """Turn running out of disk space (ENOSPC, from any write) into one ``SavedDatasetError``."""
     try:
-        return _write_range(dataset, root, settings, start, stop, chunk_size, num_workers, batch_size, progress)
+        yield
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        done = sum(hi - lo for lo, hi, _ in _covered(root, dataset.size))
+        done = sum(hi - lo for lo, hi, _ in _covered(root, size))
         raise SavedDatasetError(
-            f"The disk holding {str(root)!r} is full (no space left on device): {done} of {dataset.size} items are "
+            f"The disk holding {str(root)!r} is full (no space left on device): {done} of {size} items are "
             "saved and kept. Free some space and run the same save again to write the rest."
         ) from None
-
-
-def _write_range(
-    dataset: CounterfactualDataset,
-    root: Path,
-    settings: dict[str, Any],
-    start: int,
-    stop: int,
-    chunk_size: int,
-    num_workers: int,
-    batch_size: int,
-    progress: bool,
-) -> SaveReport:
-    size, fmt = dataset.size, settings["format"]
-    width = _width(size)
-    part = root / "parts" / _range_name(start, stop, width, "json")
-    part_info = {**settings, "start": start, "stop": stop, "device": str(dataset.device)}
-    with folder_lock(root):
-        # The settings check, the registration and the partial manifest form one step: a second writer with
-        # other settings sees this one's partial manifest and is refused before it writes.
-        _check_owned(root, settings)
-        writer = Writer(root, chunk_size, start, stop)
-        if not writer.others:
-            remove_temporary_files(root)  # left by a killed writer; nobody else is writing now
-        complete = (root / _MANIFEST).is_file()
-        covered = _covered(root, size)
-        if not complete:
-            plan = _ChunkPlan(covered, start, stop, chunk_size)
-            check_disk_space(root, plan.items * _bytes_per_item(settings, root, chunk_size), plan.items)
-            _write_json(part, {**part_info, "complete": False})
-    try:
-        claims = Claims(root)
-        repaired = _repair(root, covered, start, stop, settings, claims)
-        if complete and not repaired and _labels_match(root):
-            return SaveReport(True)
-        chunk_writer = _ChunkWriter(dataset, root, fmt, width, batch_size, claims)
-        bar = tqdm(total=stop - start, unit="img", desc=f"Saving {root.name or root}", disable=not progress)
-        with bar:
-            bar.update(stop - start - _ChunkPlan(_covered(root, size), start, stop, chunk_size).items)
-            # First pass: skip the chunks another writer holds; then wait for those (its writer may have died).
-            for wait in (False, True):
-                chunk_writer.plan = _ChunkPlan(_covered(root, size), start, stop, chunk_size)
-                chunk_writer.wait = wait
-                workers = 0 if wait else min(num_workers, len(chunk_writer.plan))
-                loader = DataLoader(chunk_writer, batch_size=None, shuffle=False, num_workers=workers)
-                for status in loader:
-                    if status == _DISK_FULL:
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                    bar.update(max(0, int(status)))
-        with folder_lock(root):
-            _write_json(part, {**part_info, "complete": True})
-            covered = _covered(root, size)
-            if sum(hi - lo for lo, hi, _ in covered) < size:
-                return SaveReport(False, repaired)  # other ranges are still missing (another process, a later call)
-            _finalize(root)
-            return SaveReport(True, repaired)
-    finally:
-        with folder_lock(root):
-            writer.close()
 
 
 def _labels_match(root: Path) -> bool:
@@ -600,8 +601,10 @@ class _ChunkWriter(Dataset):
         """Write chunk ``plan[k]`` unless another writer holds or finished it; returns the items written."""
         lo, hi = self.plan[k]
         with self.claims.claim(lo, hi, wait=self.wait) as claimed:
-            if not claimed or self._record(lo, hi).is_file():
-                return hi - lo if self.wait else 0
+            if not claimed:
+                return 0  # another writer is writing it; the second pass waits for it
+            if self._record(lo, hi).is_file():
+                return hi - lo  # another writer finished it
             try:
                 self._write_chunk(lo, hi)
             except OSError as error:
@@ -811,20 +814,13 @@ def save_counterfactuals_distributed(
 
     info = distributed_info()
     start, stop = check_range(start, stop, len(dataset))
+    chunk_size = check_positive_int(chunk_size, "chunk_size")  # before rank_range, which calls it `align`
     lo, hi = rank_range(start, stop, info.rank, info.world_size, align=chunk_size)
     repaired: tuple[str, ...] = ()
     with fail_together("saving its share of the counterfactual dataset"):
         if lo < hi:
-            repaired = dataset._save(
-                root,
-                format,
-                start=lo,
-                stop=hi,
-                chunk_size=chunk_size,
-                num_workers=num_workers,
-                batch_size=batch_size,
-                progress=progress and info.is_main,
-            ).repaired
+            progress = progress and info.is_main
+            repaired = dataset._save(root, format, lo, hi, chunk_size, num_workers, batch_size, progress).repaired
     # Whichever save completes the last missing range merges the manifest; after the step above (a collective,
     # hence a barrier) every range of this job is on disk, so the manifest exists exactly when the whole
     # dataset does.

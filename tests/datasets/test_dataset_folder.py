@@ -158,15 +158,22 @@ def test_ownership_rules(tmp_path):
 # ----------------------------------------------------------------------------------------------- concurrency
 
 
-def test_two_writers_with_other_seeds_one_is_refused_the_other_completes(tmp_path, writers):
+def test_a_writer_with_another_seed_is_refused_while_one_writes(tmp_path, writers):
+    first = writers.start(hold_at=6, seed=1)  # held inside its second chunk, its partial manifest written
+    writers.wait_ready(1)
+    code, out = writers.finish(writers.start(seed=2))
+    assert code == 3 and "other settings" in out and "seed: 1 (requested 2)" in out
+    writers.release()
+    assert writers.finish(first) == (0, "complete\n")
+    SavedCounterfactualDataset(writers.root).verify()
+    assert tree(writers.root) == serial(tmp_path / "serial", seed=1)
+
+
+def test_two_writers_with_other_seeds_started_together(tmp_path, writers):
     first, second = writers.start(seed=1), writers.start(seed=2)
     results = [writers.finish(first), writers.finish(second)]
-    codes = sorted(code for code, _ in results)
-    assert codes == [0, 3], results
-    refused = next(out for code, out in results if code == 3)
-    assert "other settings" in refused and "seed" in refused
+    assert sorted(code for code, _ in results) == [0, 3], results
     winner = 1 if results[0][0] == 0 else 2
-    SavedCounterfactualDataset(writers.root).verify()
     assert tree(writers.root) == serial(tmp_path / "serial", seed=winner)
 
 
@@ -303,8 +310,10 @@ def test_the_disk_estimate_counts_only_missing_items(tmp_path, monkeypatch):
     monkeypatch.setattr("cfaug.datasets._folder.free_bytes", lambda root: needed - 1)
     with pytest.raises(SavedDatasetError, match=rf"Saving 4 more items .* needs about .*\({needed} bytes\).*\("):
         data.save(tmp_path, chunk_size=4, progress=False)
-    monkeypatch.setattr("cfaug.datasets._folder.free_bytes", lambda root: needed)
-    assert data.save(tmp_path, chunk_size=4, progress=False)
+    # The refused save left no writer registered: another chunk size is welcome now.
+    monkeypatch.setattr("cfaug.datasets._folder.free_bytes", lambda root: needed + 4 * 4096)
+    assert data.save(tmp_path, chunk_size=2, progress=False)
+    assert sorted(p.name for p in (tmp_path / "records").iterdir())[-2:] == ["000020-000022.csv", "000022-000024.csv"]
 
 
 def test_the_estimate_bounds_what_is_written(tmp_path):
@@ -334,3 +343,10 @@ def test_a_full_disk_mid_run_ends_in_one_error_and_keeps_what_is_finished(tmp_pa
     monkeypatch.setattr(store, "_encode_png", encode)
     assert CounterfactualDataset(ToyBackend(), size=24).save(root, chunk_size=4, progress=False)
     assert tree(root) == serial(tmp_path / "serial")
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--batch-size", "batch_size"), ("--chunk-size", "chunk_size")])
+def test_generate_refuses_zero_sizes_under_their_own_names(tmp_path, capsys, flag, name):
+    assert main(["generate", "--out", str(tmp_path / "x"), "--size", "4", "--backend", "toy", flag, "0"]) == 2
+    assert f"`{name}` should be an integer >= 1, but got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -6,10 +6,15 @@ that only the structural checks can catch it. And saved datasets drop into a pla
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import resource
+import signal
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,16 +73,39 @@ def test_a_link_leaving_the_folder_is_not_followed(saved, verify):
         dataset.verify()
 
 
+@contextlib.contextmanager
+def bounded(extra_bytes: int = 1 << 29, seconds: int = 60) -> Generator[None, None, None]:
+    """Turn an endless read into a MemoryError and a blocked open into a TimeoutError, instead of a dead machine.
+
+    A guard for code that gets it wrong, not a timing: the code under test reads nothing at all.
+    """
+    size_kb = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0])
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size_kb * 1024 + extra_bytes, hard))
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError("the read blocked")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def test_an_endless_device_file_is_never_read(saved):
     image = saved / "images" / "000000" / "000002.png"
     image.unlink()
     image.symlink_to("/dev/zero")
-    with pytest.raises(SavedDatasetError, match="leads outside"):
+    with bounded(), pytest.raises(SavedDatasetError, match="leads outside"):
         SavedCounterfactualDataset(saved, verify=False)[2]
     # A FIFO inside the folder: opening it must not wait for a writer, reading it must not start.
     image.unlink()
     os.mkfifo(image)
-    with pytest.raises(SavedDatasetError, match="000002.png'.*is not a regular file"):
+    with bounded(), pytest.raises(SavedDatasetError, match="000002.png'.*is not a regular file"):
         SavedCounterfactualDataset(saved, verify=False)[2]
 
 
