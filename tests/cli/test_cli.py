@@ -78,7 +78,7 @@ def test_generate_writes_a_loadable_dataset_in_two_ranges(tmp_path, capsys):
     assert main([*common, "--stop", "6", "--format", "png", "--batch-size", "4"]) == 0
     assert "complete" in capsys.readouterr().out
     saved = CounterfactualDataset.load(root)
-    fresh = CounterfactualDataset("toy", size=12, seed=3, target="all")
+    fresh = CounterfactualDataset("toy", size=12, seed=3)
     assert len(saved) == 12
     for i in (0, 7, 11):
         assert saved[i][1] == fresh[i][1]
