@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from cfaug._utils import atomic_write, check_positive_int
 from cfaug.backends.base import MECHANISMS, Backend
+from cfaug.datasets._writer import ChunkFile, WriterPool
 from cfaug.distributed import all_gather_objects, distributed_info, fail_together, module_digest, rank_range
 
 if TYPE_CHECKING:
@@ -264,7 +265,8 @@ def write_range(
         # batch_size=None: each loader item is one whole chunk, generated and written inside the worker.
         loader = DataLoader(writer, batch_size=None, shuffle=False, num_workers=min(num_workers, len(chunks)))
         total = sum(hi - lo for lo, hi in chunks)
-        with tqdm(total=total, unit="img", desc=f"Saving {root.name or root}", disable=not progress) as bar:
+        bar = tqdm(total=total, unit="img", desc=f"Saving {root.name or root}", disable=not progress)
+        with bar, writer.pool:
             for written in loader:
                 bar.update(int(written))
     _write_json(part, {**part_info, "complete": True})
@@ -290,6 +292,7 @@ class _ChunkWriter(Dataset):
     ) -> None:
         self.dataset, self.root, self.fmt, self.chunks, self.width = dataset, root, fmt, chunks, width
         self.batch_size = batch_size
+        self.pool = WriterPool(root)  # encodes on threads while the next chunk is generated (cfaug.datasets._writer)
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -308,34 +311,35 @@ class _ChunkWriter(Dataset):
     def __getitem__(self, k: int) -> int:
         lo, hi = self.chunks[k]
         infos = [self.dataset.info(i) for i in range(lo, hi)]
-        rows = []
+        images = self._images(infos)
+        self.pool.submit(lambda: self._files(lo, hi, infos, images))
+        return hi - lo
+
+    def _files(self, lo: int, hi: int, infos: list[CounterfactualInfo], images: list[torch.Tensor]) -> list[ChunkFile]:
+        """The chunk's files in the order they are written, its record last (runs on a writer thread)."""
+        rows, files = [], []
         if self.fmt == "png":
-            for info, image in zip(infos, self._images(infos), strict=True):
+            for info, image in zip(infos, images, strict=True):
                 data = _encode_png(image)
                 relpath = _png_relpath(info.index, self.width)
                 # fsync per small file costs 3x the encoding; the chunk's record below is synced and carries
                 # every file's sha256, which loading verifies, so it is the commit point.
-                with atomic_write(self.root / relpath, fsync=False) as handle:
-                    handle.write(data)
+                files.append((relpath, data, False))
                 rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))
         else:
-            images = torch.stack(self._images(infos))
 
             def column(name: str) -> torch.Tensor:
                 return torch.tensor([getattr(info, name) for info in infos], dtype=torch.int64)
 
-            tensors = {"images": images, **{name: column(name) for name in _LABEL_COLUMNS[:5]}}
+            tensors = {"images": torch.stack(images), **{name: column(name) for name in _LABEL_COLUMNS[:5]}}
             # No metadata dict: the header, hence the file's bytes and sha256, depend only on the tensors.
             data = _safetensors_save(tensors)
             relpath = _shard_relpath(lo, hi, self.width)
-            with atomic_write(self.root / relpath) as handle:
-                handle.write(data)
+            files.append((relpath, data, True))
             digest = hashlib.sha256(data).hexdigest()
             rows = [(*_info_row(info), relpath, digest) for info in infos]
         # The record goes last: a chunk counts as done only once all its files are complete on disk.
-        with atomic_write(self.root / "records" / _range_name(lo, hi, self.width, "csv")) as handle:
-            handle.write(_csv_bytes(rows))
-        return hi - lo
+        return [*files, ("records/" + _range_name(lo, hi, self.width, "csv"), _csv_bytes(rows), True)]
 
 
 def _info_row(info: CounterfactualInfo) -> tuple[int, int, int, int, int]:
