@@ -8,18 +8,28 @@ composite (``backend.sample``). Rows:
 * the authors' computation at batch 256: their ``generate_data.py`` runs the CGN's standard forward for the
   mask and its counterfactual forward for foreground and background (six network passes per image), with their
   tile-and-crop shuffler, here under ``torch.no_grad()``;
-* ``CounterfactualAugment`` called per sample in a 2-worker DataLoader (see :func:`dataloader_augment_row`).
+* ``CounterfactualAugment`` called per sample in a 2-worker DataLoader (see :func:`dataloader_augment_row`), on
+  28x28 grayscale digits with labels, and on 32x32 RGB images label-aware and image-only (no label: the real
+  object's mask comes from the backend's mask estimator, texture and background from the component bank);
+* ``backend.estimate_mask`` at batch 1 and 256, module path against the fused path, and the fused path of a
+  narrower (untrained) estimator, to show what a retrained narrower one would cost;
+* ``CounterfactualDataset.save`` in both formats, with the writer pool and with the serial writer
+  (``CFAUG_WRITER_THREADS=0``), against the generation of the same items at the same batch size
+  (:func:`save_rows`).
 
-Each row runs for ``--seconds`` after a warm-up, split into five equal rounds; the table gives the median and the
-best round, since other processes on a shared CPU slow single rounds down.
+Each timed row runs for ``--seconds`` after a warm-up, split into five equal rounds; the table gives the median and
+the best round, since other processes on a shared CPU slow single rounds down. The save rows time whole saves, in
+``SAVE_ROUNDS`` repetitions alternating with the generation they are compared with. The table is printed and written to
+``--output``.
 
 Usage:
-    python benchmarks/generation.py [--weights PATH_OR_NAME] [--seconds 3] [--threads N]
+    python benchmarks/generation.py [--weights PATH_OR_NAME] [--seconds 3] [--threads N] [--output FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -34,10 +44,13 @@ from torchvision.transforms import v2
 
 import cfaug
 from cfaug.backends.mnist import MASK_CLAMP, MnistBackend
+from cfaug.datasets._writer import WRITER_THREADS_ENV
 from cfaug.functional import composite
 from cfaug.transforms import CounterfactualAugment
 
 ROUNDS = 5
+#: Repetitions of each whole save (after one warm-up): a save takes many seconds, unlike a round of a timed row.
+SAVE_ROUNDS = 3
 
 
 @dataclass
@@ -129,12 +142,13 @@ def authors_row(backend: MnistBackend, batch_size: int, seconds: float) -> Row:
 
 
 class _Digits(torch.utils.data.Dataset):
-    """Random 28x28 grayscale PIL images with labels: what ``MNIST(transform=None)`` hands a transform."""
+    """Random PIL images with labels: 28x28 grayscale is what ``MNIST(transform=None)`` hands a transform."""
 
-    def __init__(self, size: int, transforms: Callable):
+    def __init__(self, size: int, transforms: Callable, side: int = 28, rgb: bool = False):
         generator = torch.Generator().manual_seed(0)
-        pixels = torch.randint(0, 256, (size, 28, 28), dtype=torch.uint8, generator=generator)
-        self.images = [Image.fromarray(p.numpy(), mode="L") for p in pixels]
+        shape = (size, side, side, 3) if rgb else (size, side, side)
+        pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+        self.images = [Image.fromarray(p.numpy(), mode="RGB" if rgb else "L") for p in pixels]
         self.transforms = transforms
 
     def __len__(self) -> int:
@@ -144,22 +158,96 @@ class _Digits(torch.utils.data.Dataset):
         return self.transforms(self.images[index], index % 10)
 
 
-def dataloader_augment_row(checkpoint: Path, seconds: float, reuse: int, items: int = 1024) -> Row:
+def dataloader_augment_row(
+    checkpoint: Path, seconds: float, reuse: int, items: int = 1024, rgb32: bool = False, image_only: bool = False
+) -> Row:
     """Per-sample ``CounterfactualAugment(p=1)`` in the workers of a ``DataLoader(num_workers=2, batch_size=256)``.
 
     Each worker loads the backend from ``checkpoint`` and serves samples from its component bank (see the
     transform's docstring; ``reuse`` is its diversity/speed knob). The first epoch (model loading, first bank fill)
-    is a warm-up; then epochs are timed. Workers run one torch thread each, PyTorch's default.
+    is a warm-up; then epochs are timed. Workers run one torch thread each, PyTorch's default. The images are 28x28
+    grayscale digits, or 32x32 RGB with ``rgb32``; ``image_only`` ignores their labels (``labels_getter=None``),
+    so each sample's mask is estimated from the image.
     """
-    augment = CounterfactualAugment("mnist", weights=checkpoint, p=1.0, grayscale_to_rgb=True, reuse=reuse)
-    dataset = _Digits(items, v2.Compose([augment, v2.PILToTensor()]))
+    augment = CounterfactualAugment(
+        "mnist",
+        weights=checkpoint,
+        p=1.0,
+        grayscale_to_rgb=not rgb32,
+        reuse=reuse,
+        labels_getter=None if image_only else "default",
+    )
+    dataset = _Digits(items, v2.Compose([augment, v2.PILToTensor()]), side=32 if rgb32 else 28, rgb=rgb32)
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=2, persistent_workers=True)
 
     def epoch() -> int:
         return sum(len(images) for images, _ in loader)
 
-    label = f"per-sample `CounterfactualAugment(p=1, reuse={reuse})`, 2-worker DataLoader"
+    what = "image-only (mask estimated)" if image_only else "label-aware"
+    images = "32x32 RGB" if rgb32 else "28x28 gray"
+    label = f"per-sample `CounterfactualAugment(p=1, reuse={reuse})`, {what}, {images}, 2-worker DataLoader"
     return Row(label, 256, measure(epoch, seconds, warmup=1))
+
+
+def mask_rows(backend: MnistBackend, seconds: float) -> list[Row]:
+    """``estimate_mask`` on 32x32 RGB images: module path, fused path, and a width-8 estimator's fused path."""
+    narrow = MnistBackend(mask_estimator=True, mask_estimator_width=8).eval().requires_grad_(False)
+    narrow.mark_mask_estimator_trained()  # random weights: only the speed is measured
+    rows = []
+    for batch_size in (1, 256):
+        images = torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        for model, fast, what in (
+            (backend, False, f"module path, width {backend.mask_estimator_width}"),
+            (backend, True, f"fused path, width {backend.mask_estimator_width}"),
+            (narrow, True, "fused path, width 8 (untrained: what a narrower estimator would cost)"),
+        ):
+            model.fast_path = fast
+
+            def step(model: MnistBackend = model, images: torch.Tensor = images) -> int:
+                model.estimate_mask(images)
+                return len(images)
+
+            rows.append(Row(f"mnist backend `estimate_mask()`, {what}", batch_size, measure(step, seconds)))
+        backend.fast_path = True
+    return rows
+
+
+def save_rows(checkpoint: Path, images: int, batch_size: int) -> list[Row]:
+    """``CounterfactualDataset.save`` (pool and serial writer, both formats) against generating the same items.
+
+    Each round generates the ``images`` items in batches of ``batch_size`` as ``save`` does (uint8 on the CPU,
+    nothing written), then saves them into a fresh folder with each writer and format; ``SAVE_ROUNDS`` rounds, so that
+    every row sees the same load. ``chunk_size`` is 256 (the default).
+    """
+    from cfaug.datasets.store import _to_uint8
+
+    dataset = cfaug.CounterfactualDataset("mnist", weights=checkpoint, size=images, seed=0)
+    runs: dict[str, list[float]] = {}
+    labels = {"generate": f"generation of the saved items (`backend.sample`, {images} images)"}
+    for fmt in ("png", "safetensors"):
+        for threads in ("2", "0"):
+            writer = "writer pool, 2 threads" if threads == "2" else "serial writer"
+            labels[f"{fmt}-{threads}"] = f"`CounterfactualDataset.save`, {fmt}, {writer} ({images} images)"
+
+    def generate() -> None:
+        infos = [dataset.info(i) for i in range(images)]
+        for begin in range(0, images, batch_size):
+            _to_uint8(dataset._generate_batch(infos[begin : begin + batch_size]).image)
+
+    with tempfile.TemporaryDirectory() as folder:
+        for round_ in range(-1, SAVE_ROUNDS):  # round -1 is a warm-up
+            for key in labels:
+                start = time.perf_counter()
+                if key == "generate":
+                    generate()
+                else:
+                    fmt, threads = key.split("-")
+                    os.environ[WRITER_THREADS_ENV] = threads
+                    dataset.save(Path(folder) / f"{key}-{round_}", fmt, batch_size=batch_size, progress=False)
+                if round_ >= 0:
+                    runs.setdefault(key, []).append(images / (time.perf_counter() - start))
+    os.environ.pop(WRITER_THREADS_ENV, None)
+    return [Row(labels[key], batch_size, rates) for key, rates in runs.items()]
 
 
 def load(weights: str | None) -> MnistBackend:
@@ -189,11 +277,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row (after warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--reuse", type=int, nargs="*", default=[1, 4], help="bank reuse values of the DataLoader rows")
+    parser.add_argument("--save-images", type=int, default=2048, help="images per save in the save rows")
+    parser.add_argument("--save-batch", type=int, default=64, help="batch size of the save rows")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "generation_cpu.txt")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     backend = load(args.weights)
+    if backend.mask_net is None:
+        backend = cfaug.load_backend("mnist", weights="colored_mnist")  # the image-only rows need an estimator
     rows = [backend_row(backend, b, args.seconds, "mnist backend `sample()`, fast path") for b in (1, 32, 256)]
     backend.fast_path = False
     rows.append(backend_row(backend, 256, args.seconds, "mnist backend `sample()`, module path (`fast_path=False`)"))
@@ -202,20 +295,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "mnist.safetensors"
         backend.save(checkpoint)
-        rows += [dataloader_augment_row(checkpoint, args.seconds, reuse) for reuse in args.reuse]
+        per_sample = [dataloader_augment_row(checkpoint, args.seconds, reuse) for reuse in args.reuse]
+        # The image-only comparison: the same 32x32 RGB images and default reuse, with and without labels.
+        label_aware = dataloader_augment_row(checkpoint, args.seconds, 4, rgb32=True)
+        image_only = dataloader_augment_row(checkpoint, args.seconds, 4, rgb32=True, image_only=True)
+        masks = mask_rows(backend, args.seconds)
+        saves = save_rows(checkpoint, args.save_images, args.save_batch)
+    rows += [*per_sample, label_aware, image_only, *masks, *saves]
 
-    print(f"Counterfactual generation, weights {backend.weights_name!r}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), "
-          f"{args.seconds:g} s per row in {ROUNDS} rounds.\n")  # fmt: skip
-    print("| what | batch | img/s (median) | img/s (best round) | ms / batch (median) |")
-    print("|---|---:|---:|---:|---:|")
-    for row in rows:
-        print(row.markdown())
-    batched = statistics.median(rows[2].rates)
-    print("\nPer-sample path relative to batched `sample()` at 256 (target >= 0.80):")
-    for row in rows[5:]:
-        print(f"- {row.label}: {statistics.median(row.rates) / batched:.2f}")
+    def median(row: Row) -> float:
+        return statistics.median(row.rates)
 
+    lines = [
+        f"Counterfactual generation, weights {backend.weights_name!r}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), "
+        f"{args.seconds:g} s per row in {ROUNDS} rounds; load average before/after "
+        f"{LOAD_BEFORE} / {tuple(round(x, 2) for x in os.getloadavg())}.",
+        "",
+        "| what | batch | img/s (median) | img/s (best round) | ms / batch (median) |",
+        "|---|---:|---:|---:|---:|",
+        *(row.markdown() for row in rows),
+        "",
+        "Per-sample path relative to batched `sample()` at 256 (target >= 0.80):",
+        *(f"- {row.label}: {median(row) / median(rows[2]):.2f}" for row in per_sample),
+        "",
+        f"Image-only per sample: {median(image_only):,.0f} img/s (target >= 2,000), "
+        f"{median(image_only) / median(label_aware):.2f}x label-aware (target >= 0.5).",
+        "",
+        f"Save against generation at batch {args.save_batch} (target >= 0.9):",
+        *(f"- {row.label}: {median(row) / median(saves[0]):.2f}" for row in saves[1:]),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n", encoding="utf-8")
+
+
+LOAD_BEFORE = tuple(round(x, 2) for x in os.getloadavg())
 
 if __name__ == "__main__":
     main()

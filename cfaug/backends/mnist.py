@@ -42,7 +42,7 @@ from cfaug.models.mnist_cgn import (
     shape_net,
     texture_net,
 )
-from cfaug.models.mnist_cgn_fused import FusedShapeNet, FusedTextureNet
+from cfaug.models.mnist_cgn_fused import FusedMaskEstimator, FusedShapeNet, FusedTextureNet
 from cfaug.seeding import per_sample_normal, per_sample_randint
 
 # MASK_CLAMP, MaskEstimator, cyclic_shift and random_shift_offsets live in cfaug.models.mnist_cgn; re-exported here.
@@ -178,6 +178,8 @@ class MnistBackend(Backend):
             module for net in (self.label_emb, self.f_shape, self.f_text1, self.f_text2) for module in net.modules()
         )
         self._fused: tuple[tuple[tuple[int, int], ...], dict[str, Callable[..., torch.Tensor]]] | None = None
+        self._mask_modules: tuple[nn.Module, ...] = () if self.mask_net is None else tuple(self.mask_net.modules())
+        self._fused_mask: tuple[tuple[tuple[int, int], ...], FusedMaskEstimator] | None = None
 
     # ---------------------------------------------------------------------------------- configuration
     @property
@@ -358,14 +360,14 @@ class MnistBackend(Backend):
         # Accelerators want one big launch; CPU caches want small chunks.
         return CPU_MICRO_BATCH if device.type == "cpu" else 2**62
 
-    def _weights_key(self) -> tuple[tuple[int, int], ...]:
+    def _weights_key(self, modules: tuple[nn.Module, ...] | None = None) -> tuple[tuple[int, int], ...]:
         # Every in-place update (optimizer step, load_state_dict, copy_ under no_grad) bumps a tensor's version
         # counter, and .to() or a re-assigned parameter brings new memory, so this key changes whenever the fused
         # weights go stale. Reading the modules' own dicts keeps it current and costs a few microseconds, which
         # matters at batch 1 (Module.parameters() would cost more than the 2x2 convolutions).
         return tuple(
             (tensor.data_ptr(), tensor._version)
-            for module in self._generator_modules
+            for module in (self._generator_modules if modules is None else modules)
             for tensors in (module._parameters, module._buffers)
             for tensor in tensors.values()
             if tensor is not None
@@ -385,21 +387,21 @@ class MnistBackend(Backend):
 
     def invalidate_fast_path(self) -> None:
         """Drop the fused weights; needed only after editing ``param.data`` in place, which bypasses versioning."""
-        self._fused = None
+        self._fused = self._fused_mask = None
 
     def train(self, mode: bool = True) -> MnistBackend:
         """Set train or eval mode (see ``torch.nn.Module.train``); drops the fused weights."""
-        self._fused = None
+        self.invalidate_fast_path()
         return super().train(mode)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> MnistBackend:
-        self._fused = None
+        self.invalidate_fast_path()
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict[str, Any]:
         # The fused weights are a cache: don't ship them to DataLoader workers.
         state = self.__dict__.copy()
-        state["_fused"] = None
+        state["_fused"] = state["_fused_mask"] = None
         return state
 
     # --------------------------------------------------------------------------------- real images
@@ -425,6 +427,10 @@ class MnistBackend(Backend):
             TypeError: ``images`` is not a floating-point tensor.
             ValueError: ``images`` is not ``(B, 1, H, W)`` or ``(B, 3, H, W)``.
         """
+        return self._estimator_input(images, expand_gray=True)
+
+    def _estimator_input(self, images: torch.Tensor, expand_gray: bool) -> torch.Tensor:
+        # The fused estimator reads a grayscale image as it is (expand_gray=False), the module needs it as RGB.
         if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
             got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
             raise TypeError(f"`images` should be a floating-point tensor with values in [0, 1], but got {got}.")
@@ -432,7 +438,7 @@ class MnistBackend(Backend):
             raise ValueError(f"`images` should have shape (B, 1, H, W) or (B, 3, H, W), but got {tuple(images.shape)}.")
         weight = self.label_emb.weight
         images = images.to(device=weight.device, dtype=weight.dtype)
-        if images.shape[1] == 1:  # plain MNIST is grayscale
+        if expand_gray and images.shape[1] == 1:  # plain MNIST is grayscale
             images = images.expand(-1, 3, -1, -1)
         if images.shape[-2:] != (self.image_size, self.image_size):
             images = F.interpolate(
@@ -460,7 +466,9 @@ class MnistBackend(Backend):
         """Estimate object masks of real images in [0, 1], ``(B, 1 or 3, H, W)`` -> ``(B, 1, H, W)``.
 
         Images of any size are resized to ``image_size`` for the estimator and the mask back to ``H x W``
-        (bilinear). Grayscale images are repeated to three channels.
+        (bilinear). Grayscale images are repeated to three channels. In eval mode with ``fast_path`` on, the
+        estimator runs a fused copy of its network (``cfaug.models.mnist_cgn_fused.FusedMaskEstimator``): the
+        masks of the module path within 1e-5, several times faster for single images.
 
         Raises:
             NotImplementedError: the backend has no mask estimator.
@@ -478,12 +486,25 @@ class MnistBackend(Backend):
                 "that include a trained estimator."
             )
         with torch.no_grad():
-            masks = torch.sigmoid(self.mask_logits(images))
+            if self.fast_path and not any(module.training for module in self._mask_modules):
+                masks = self._fused_mask_logits(self._estimator_input(images, expand_gray=False)).sigmoid_()
+            else:
+                masks = torch.sigmoid(self.mask_logits(images))
             if masks.shape[-2:] != images.shape[-2:]:
                 masks = F.interpolate(
                     masks, size=images.shape[-2:], mode="bilinear", align_corners=False, antialias=True
                 ).clamp_(0, 1)
         return masks.to(device=images.device, dtype=images.dtype)
+
+    def _fused_mask_logits(self, images: torch.Tensor) -> torch.Tensor:
+        key = self._weights_key(self._mask_modules)
+        if self._fused_mask is None or self._fused_mask[0] != key:
+            self._fused_mask = (key, FusedMaskEstimator(self.mask_net))
+        fused = self._fused_mask[1]
+        chunk = self._chunk_size(images.device)
+        if len(images) <= chunk:
+            return fused(images)
+        return torch.cat([fused(images[i : i + chunk]) for i in range(0, len(images), chunk)])
 
     # --------------------------------------------------------------------------------- persistence
     @classmethod

@@ -187,24 +187,32 @@ class Claims:
             fd = self._fds[key] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         return fd
 
-    @contextlib.contextmanager
-    def claim(self, lo: int, hi: int, wait: bool) -> Generator[bool, None, None]:
-        """Hold bytes ``[lo, hi)``; yields False (without waiting) when another process holds some of them."""
+    def acquire(self, lo: int, hi: int, wait: bool) -> bool:
+        """Take bytes ``[lo, hi)``; False (without waiting) when another process holds some of them."""
         if fcntl is None:
-            yield True
-            return
-        fd = self._fd()
+            return True
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), hi - lo, lo)
+            fcntl.lockf(self._fd(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB), hi - lo, lo)
         except OSError as error:
             if error.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
-            yield False
-            return
+            return False
+        return True
+
+    def release(self, lo: int, hi: int) -> None:
+        """Give bytes ``[lo, hi)`` back (any thread of the holding process may: the lock is the process's)."""
+        if fcntl is not None:
+            fcntl.lockf(self._fd(), fcntl.LOCK_UN, hi - lo, lo)
+
+    @contextlib.contextmanager
+    def claim(self, lo: int, hi: int, wait: bool) -> Generator[bool, None, None]:
+        """Hold bytes ``[lo, hi)`` for the block; yields False when another process holds some of them."""
+        claimed = self.acquire(lo, hi, wait)
         try:
-            yield True
+            yield claimed
         finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, hi - lo, lo)
+            if claimed:
+                self.release(lo, hi)
 
 
 def _inode(path: str) -> int | None:

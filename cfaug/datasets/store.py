@@ -28,13 +28,14 @@ import bisect
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import io
 import json
 import math
 import os
 import re
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ from cfaug.datasets._folder import (
     read_inside,
     remove_temporary_files,
 )
+from cfaug.datasets._writer import ChunkFile, WriterPool
 from cfaug.distributed import all_gather_objects, distributed_info, fail_together, module_digest, rank_range
 from cfaug.names import VARYING_MECHANISMS
 
@@ -513,10 +515,12 @@ def write_range(
                     chunk_writer.wait = wait
                     workers = 0 if wait else min(num_workers, len(chunk_writer.plan))
                     loader = DataLoader(chunk_writer, batch_size=None, shuffle=False, num_workers=workers)
-                    for status in loader:
-                        if status == _DISK_FULL:
-                            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                        bar.update(max(0, int(status)))
+                    # Leaving the pool's block waits until every chunk is written: the next plan sees their records.
+                    with chunk_writer.pool:
+                        for status in loader:
+                            if status == _DISK_FULL:
+                                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                            bar.update(max(0, int(status)))
             with folder_lock(root):
                 _write_json(part, {**part_info, "complete": True})
                 covered = _covered(root, size)
@@ -593,6 +597,7 @@ class _ChunkWriter(Dataset):
         self.batch_size, self.claims = batch_size, claims
         self.plan: Sequence[tuple[int, int]] = ()
         self.wait = False
+        self.pool = WriterPool(root)  # encodes on threads while the next chunk is generated (cfaug.datasets._writer)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -600,17 +605,18 @@ class _ChunkWriter(Dataset):
     def __getitem__(self, k: int) -> int:
         """Write chunk ``plan[k]`` unless another writer holds or finished it; returns the items written."""
         lo, hi = self.plan[k]
-        with self.claims.claim(lo, hi, wait=self.wait) as claimed:
-            if not claimed:
-                return 0  # another writer is writing it; the second pass waits for it
-            if self._record(lo, hi).is_file():
-                return hi - lo  # another writer finished it
-            try:
-                self._write_chunk(lo, hi)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                return _DISK_FULL
+        if not self.claims.acquire(lo, hi, wait=self.wait):
+            return 0  # another writer is writing it; the second pass waits for it
+        if self._record(lo, hi).is_file():
+            self.claims.release(lo, hi)
+            return hi - lo  # another writer finished it
+        try:
+            # The claim is held until the writer pool has written the chunk's record, not only until it is queued.
+            self._write_chunk(lo, hi, release=functools.partial(self.claims.release, lo, hi))
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            return _DISK_FULL
         return hi - lo
 
     def _record(self, lo: int, hi: int) -> Path:
@@ -627,36 +633,41 @@ class _ChunkWriter(Dataset):
             begin = end
         return images
 
-    def _write_chunk(self, lo: int, hi: int) -> None:
-        """Generate items ``[lo, hi)``, write their files, then their record (the caller holds the claim)."""
-        infos = [self.dataset.info(i) for i in range(lo, hi)]
-        rows = []
+    def _write_chunk(self, lo: int, hi: int, release: Callable[[], None]) -> None:
+        """Generate items ``[lo, hi)`` and hand their files, then their record, to the pool; ``release()`` after."""
+        try:
+            infos = [self.dataset.info(i) for i in range(lo, hi)]
+            images = self._images(infos)
+        except BaseException:
+            release()
+            raise
+        self.pool.submit(lambda: self._files(lo, hi, infos, images), done=release)
+
+    def _files(self, lo: int, hi: int, infos: list[CounterfactualInfo], images: list[torch.Tensor]) -> list[ChunkFile]:
+        """The chunk's files in the order they are written, its record last (runs on a writer thread)."""
+        rows, files = [], []
         if self.fmt == "png":
-            for info, image in zip(infos, self._images(infos), strict=True):
+            for info, image in zip(infos, images, strict=True):
                 data = _encode_png(image)
                 relpath = _png_relpath(info.index, self.width)
                 # fsync per small file costs 3x the encoding; the chunk's record below is synced and carries
                 # every file's sha256, which loading verifies, so it is the commit point.
-                with atomic_write(self.root / relpath, fsync=False) as handle:
-                    handle.write(data)
+                files.append((relpath, data, False))
                 rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))
         else:
-            images = torch.stack(self._images(infos))
 
             def column(name: str) -> torch.Tensor:
                 return torch.tensor([getattr(info, name) for info in infos], dtype=torch.int64)
 
-            tensors = {"images": images, **{name: column(name) for name in _LABEL_COLUMNS[:5]}}
+            tensors = {"images": torch.stack(images), **{name: column(name) for name in _LABEL_COLUMNS[:5]}}
             # No metadata dict: the header, hence the file's bytes and sha256, depend only on the tensors.
             data = _safetensors_save(tensors)
             relpath = _shard_relpath(lo, hi, self.width)
-            with atomic_write(self.root / relpath) as handle:
-                handle.write(data)
+            files.append((relpath, data, True))
             digest = hashlib.sha256(data).hexdigest()
             rows = [(*_info_row(info), relpath, digest) for info in infos]
         # The record goes last: a chunk counts as done only once all its files are complete on disk.
-        with atomic_write(self._record(lo, hi)) as handle:
-            handle.write(_csv_bytes(rows))
+        return [*files, (str(self._record(lo, hi).relative_to(self.root)), _csv_bytes(rows), True)]
 
 
 def _info_row(info: CounterfactualInfo) -> tuple[int, int, int, int, int]:

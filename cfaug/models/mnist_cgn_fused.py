@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfaug.models.mnist_cgn import _LEAKY_SLOPE, MASK_CLAMP, _Reshape
+from cfaug.models.mnist_cgn import _LEAKY_SLOPE, MASK_CLAMP, MaskEstimator, _Reshape
 
-__all__ = ["FusedShapeNet", "FusedTextureNet"]
+__all__ = ["FusedMaskEstimator", "FusedShapeNet", "FusedTextureNet"]
 
 # The fused networks run in channels-last layout: oneDNN's 2x2 convolutions are about twice as fast in it on the
 # CPU (benchmarks/generation.py), and it is the preferred layout of tensor cores on GPUs.
@@ -88,11 +88,15 @@ class _FusedUpsampleConv:
     multiply-adds per input pixel and channel pair.
     """
 
-    def __init__(self, conv: nn.Conv2d, norm: nn.BatchNorm2d):
-        weight, bias = _fold_batch_norm(conv, norm)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
         self.out_channels = weight.shape[0]
         self.weight = _phase_kernel(weight, _UPSAMPLE_TAPS)
         self.bias = bias.repeat(4).contiguous()
+
+    @classmethod
+    def folded(cls, conv: nn.Conv2d, norm: nn.BatchNorm2d) -> _FusedUpsampleConv:
+        """The fused copy of upsampling, ``conv`` and the eval BatchNorm ``norm``."""
+        return cls(*_fold_batch_norm(conv, norm))
 
     def phases(self, inputs: torch.Tensor) -> torch.Tensor:
         """The output in phase representation, ``(B, 4 * C_out, H + 1, W + 1)``."""
@@ -183,8 +187,8 @@ class FusedShapeNet:
     def __init__(self, net: nn.Sequential, embedding: nn.Embedding, latent_dim: int):
         self.linear = _FusedLinear(net[0], embedding, latent_dim, net[1])
         self.norm_eps = (net[2].eps, net[7].eps, net[12].eps)
-        self.up1 = _FusedUpsampleConv(net[4], net[5])
-        self.up2 = _FusedUpsampleConv(net[9], net[10])
+        self.up1 = _FusedUpsampleConv.folded(net[4], net[5])
+        self.up2 = _FusedUpsampleConv.folded(net[9], net[10])
 
     def __call__(self, latent: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Clamped shape maps ``(B, 1, S, S)`` of noise ``(B, latent_dim)`` and int64 classes ``(B,)``."""
@@ -200,8 +204,8 @@ class FusedTextureNet:
 
     def __init__(self, net: nn.Sequential, embedding: nn.Embedding, latent_dim: int):
         self.linear = _FusedLinear(net[0], embedding, latent_dim, net[1])
-        self.up1 = _FusedUpsampleConv(net[3], net[4])
-        self.up2 = _FusedUpsampleConv(net[7], net[8])
+        self.up1 = _FusedUpsampleConv.folded(net[3], net[4])
+        self.up2 = _FusedUpsampleConv.folded(net[7], net[8])
         # (tanh(z) + 1) / 2 == sigmoid(2 z): fold the factor 2 into the last convolution, skip the affine map.
         self.out = _FusedPhaseConv(net[10], net[11], scale=2.0)
 
@@ -211,3 +215,53 @@ class FusedTextureNet:
         phases = F.leaky_relu_(self.up2.phases(maps), _LEAKY_SLOPE)
         texture_phases = torch.sigmoid_(self.out(phases))
         return _shifted_from_phases(texture_phases, self.out.out_channels, offsets)
+
+
+def _folded_stack(stack: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Weights and biases of a ``(Conv2d, BatchNorm2d, ReLU) * n`` stack with each BatchNorm folded in."""
+    folded = [_fold_batch_norm(stack[i], stack[i + 1]) for i in range(0, len(stack), 3)]
+    return [(weight.contiguous(memory_format=_FAST_LAYOUT), bias) for weight, bias in folded]
+
+
+def _conv_relu_stack(
+    maps: torch.Tensor, stack: list[tuple[torch.Tensor, torch.Tensor]], first: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Run a folded stack (``_folded_stack``), its first convolution replaced by ``first``."""
+    for weight, bias in (first, *stack[1:]):
+        maps = F.conv2d(maps, weight, bias, padding=1).relu_()
+    return maps
+
+
+class FusedMaskEstimator:
+    """``MaskEstimator`` logits from fused eval-mode weights, with the module's outputs up to float rounding.
+
+    BatchNorm is folded into the convolutions and ReLU runs in place; each "nearest x2 upsampling then 3x3
+    convolution" of the decoder is one 2x2 convolution that yields the four output phases (``_FusedUpsampleConv``:
+    no upsampled copy, 16 instead of 36 multiply-adds per input pixel and channel pair); a grayscale input is read
+    by the first kernel summed over its three input channels instead of being repeated; channels-last layout.
+    The network is read once, at construction: rebuild the fused copy whenever a weight changes.
+    """
+
+    def __init__(self, net: MaskEstimator):
+        self.enc1 = _folded_stack(net.enc1)
+        self.enc2 = _folded_stack(net.enc2)
+        self.bottleneck = _folded_stack(net.bottleneck)
+        self.dec2 = _folded_stack(net.dec2)
+        self.dec1 = _folded_stack(net.dec1)
+        weight, bias = self.enc1[0]
+        # The module sees a grayscale image repeated to RGB: the same as one channel through the summed kernel.
+        self.gray_first = (weight.sum(1, keepdim=True).contiguous(memory_format=_FAST_LAYOUT), bias)
+        self.up2 = _FusedUpsampleConv(net.up2[1].weight, net.up2[1].bias)
+        self.up1 = _FusedUpsampleConv(net.up1[1].weight, net.up1[1].bias)
+        self.head = (net.head.weight.detach().clone(memory_format=_FAST_LAYOUT), net.head.bias.detach().clone())
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(B, 1, S, S)`` of images in [-1, 1], ``(B, 3, S, S)``, or ``(B, 1, S, S)`` for grayscale."""
+        images = images.contiguous(memory_format=_FAST_LAYOUT)
+        skip1 = _conv_relu_stack(images, self.enc1, self.gray_first if images.shape[1] == 1 else self.enc1[0])
+        skip2 = _conv_relu_stack(F.max_pool2d(skip1, 2), self.enc2, self.enc2[0])
+        deep = _conv_relu_stack(F.max_pool2d(skip2, 2), self.bottleneck, self.bottleneck[0])
+        maps = _conv_relu_stack(torch.cat([self.up2(deep), skip2], dim=1), self.dec2, self.dec2[0])
+        maps = _conv_relu_stack(torch.cat([self.up1(maps), skip1], dim=1), self.dec1, self.dec1[0])
+        # One output channel: channels-last and contiguous are the same memory, contiguous() only fixes the strides.
+        return F.conv2d(maps, *self.head).contiguous()

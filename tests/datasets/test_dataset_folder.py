@@ -345,8 +345,8 @@ def test_a_full_disk_mid_run_ends_in_one_error_and_keeps_what_is_finished(tmp_pa
     assert tree(root) == serial(tmp_path / "serial")
 
 
-@pytest.mark.parametrize(("flag", "name"), [("--batch-size", "batch_size"), ("--chunk-size", "chunk_size")])
-def test_generate_refuses_zero_sizes_under_their_own_names(tmp_path, capsys, flag, name):
+@pytest.mark.parametrize("flag", ["--batch-size", "--chunk-size"])
+def test_generate_refuses_zero_sizes_under_their_own_names(tmp_path, capsys, flag):
     assert main(["generate", "--out", str(tmp_path / "x"), "--size", "4", "--backend", "toy", flag, "0"]) == 2
-    assert f"`{name}` should be an integer >= 1, but got 0" in capsys.readouterr().err
+    assert f"`{flag}` should be an integer >= 1, but got 0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -1,0 +1,186 @@
+"""The writer pool of ``CounterfactualDataset.save``: the serial writer's bytes, order, resume and chunk grid.
+
+Nothing here is timed; the speed of the pool is measured by ``benchmarks/generation.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from cfaug.datasets import _writer, store
+from cfaug.datasets._writer import WRITER_THREADS_ENV, WriterPool, writer_threads
+from cfaug.datasets.counterfactual import CounterfactualDataset
+
+TESTS = Path(__file__).resolve().parents[1]
+FORMATS = ["png", "safetensors"]
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` by relative path, without the temporary files a killed write leaves."""
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not (path.name.startswith(".") and path.name.endswith(".tmp"))
+    }
+
+
+def save(root: Path, fmt: str, threads: int, monkeypatch: pytest.MonkeyPatch, **kwargs) -> bool:
+    monkeypatch.setenv(WRITER_THREADS_ENV, str(threads))
+    data = CounterfactualDataset("toy", size=23, seed=4, target="all")
+    return data.save(root, fmt, progress=False, **kwargs)
+
+
+def record_encoding_threads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Note the thread that encodes each file of the save."""
+    names: set[str] = set()
+    for name in ("_encode_png", "_safetensors_save"):
+        original = getattr(store, name)
+
+        def noting(*args, original=original, **kwargs):
+            names.add(threading.current_thread().name)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, noting)
+    return names
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pool_writes_the_serial_writers_bytes_on_threads(tmp_path, monkeypatch, fmt):
+    threads = record_encoding_threads(monkeypatch)
+    assert save(tmp_path / "serial", fmt, 0, monkeypatch, chunk_size=4, batch_size=3) is True
+    assert threads == {threading.current_thread().name}, "the serial writer encodes in the caller's thread"
+    threads.clear()
+    assert save(tmp_path / "pool", fmt, 3, monkeypatch, chunk_size=4, batch_size=3) is True
+    assert threads and all(name.startswith("cfaug-encode") for name in threads), threads
+    assert tree(tmp_path / "pool") == tree(tmp_path / "serial")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pool_keeps_the_chunk_grid(tmp_path, monkeypatch, fmt):
+    # A range that starts and stops off the grid: chunks are still cut on multiples of chunk_size.
+    assert save(tmp_path / "pool", fmt, 2, monkeypatch, start=3, stop=21, chunk_size=5) is False
+    records = sorted(path.name for path in (tmp_path / "pool" / "records").iterdir())
+    assert records == [f"{lo:06d}-{hi:06d}.csv" for lo, hi in ((3, 5), (5, 10), (10, 15), (15, 20), (20, 21))]
+    save(tmp_path / "serial", fmt, 0, monkeypatch, start=3, stop=21, chunk_size=5)
+    assert tree(tmp_path / "pool") == tree(tmp_path / "serial")
+    # Completing the other indices ([0, 3) and [21, 23)) gives what the serial writer gives.
+    assert save(tmp_path / "pool", fmt, 2, monkeypatch, chunk_size=5) is True
+    assert save(tmp_path / "serial", fmt, 0, monkeypatch, chunk_size=5) is True
+    assert tree(tmp_path / "pool") == tree(tmp_path / "serial")
+
+
+def test_pool_and_workers(tmp_path, monkeypatch):
+    # DataLoader workers get a serial writer (a pool does not pickle its threads); the files are the same.
+    assert save(tmp_path / "workers", "png", 2, monkeypatch, chunk_size=4, num_workers=2) is True
+    assert save(tmp_path / "serial", "png", 0, monkeypatch, chunk_size=4) is True
+    assert tree(tmp_path / "workers") == tree(tmp_path / "serial")
+
+
+def test_an_encoding_error_stops_the_save_and_it_resumes(tmp_path, monkeypatch):
+    original, calls = store._encode_png, []
+
+    def failing(pixels):
+        calls.append(1)
+        if len(calls) == 10:
+            raise OSError("simulated disk error")
+        return original(pixels)
+
+    monkeypatch.setattr(store, "_encode_png", failing)
+    with pytest.raises(OSError, match="simulated disk error"):
+        save(tmp_path / "pool", "png", 2, monkeypatch, chunk_size=4)
+    records = sorted(path.name for path in (tmp_path / "pool" / "records").iterdir())
+    assert records == ["000000-000004.csv", "000004-000008.csv"], "the chunks before the error are written"
+    monkeypatch.setattr(store, "_encode_png", original)
+    assert save(tmp_path / "pool", "png", 2, monkeypatch, chunk_size=4) is True
+    assert save(tmp_path / "serial", "png", 0, monkeypatch, chunk_size=4) is True
+    assert tree(tmp_path / "pool") == tree(tmp_path / "serial")
+
+
+_KILLED_SAVE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import cfaug
+from toy_backend import ToyBackend
+cfaug.register_backend("toy", override=True)(ToyBackend)
+data = cfaug.CounterfactualDataset("toy", size=160, seed=4, target="all")
+sample = data.backend.sample
+def slow(*args, **kwargs):  # so that the parent kills the save half way
+    time.sleep(0.05)
+    return sample(*args, **kwargs)
+data.backend.sample = slow
+data.save({root!r}, {fmt!r}, chunk_size=4, batch_size=2, progress=False)
+"""
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resume_after_kill_gives_the_serial_bytes(tmp_path, monkeypatch, fmt):
+    root = tmp_path / "killed"
+    script = textwrap.dedent(_KILLED_SAVE).format(tests=str(TESTS), root=str(root), fmt=fmt)
+    env = {**os.environ, WRITER_THREADS_ENV: "2", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        while len(list((root / "records").glob("*.csv"))) < 3:
+            assert process.poll() is None, "the save ended before it could be killed"
+            threading.Event().wait(0.02)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (root / "manifest.json").exists()
+    # One committer, in order: the finished chunks are the first ones of the grid, as with the serial writer.
+    records = sorted(path.name for path in (root / "records").iterdir() if path.suffix == ".csv")
+    assert records == [f"{4 * i:06d}-{4 * i + 4:06d}.csv" for i in range(len(records))]
+
+    monkeypatch.setenv(WRITER_THREADS_ENV, "2")
+    data = CounterfactualDataset("toy", size=160, seed=4, target="all")
+    assert data.save(root, fmt, chunk_size=4, batch_size=2, progress=False) is True
+    monkeypatch.setenv(WRITER_THREADS_ENV, "0")
+    data.save(tmp_path / "serial", fmt, chunk_size=4, batch_size=2, progress=False)
+    assert tree(root) == tree(tmp_path / "serial")
+
+
+def test_committer_writes_in_submission_order_and_the_queue_is_bounded(tmp_path):
+    committed: list[int] = []
+    release = [threading.Event() for _ in range(4)]
+
+    def job(i: int):
+        def make_files():
+            release[i].wait()
+            return [(f"{i}", b"", False)]
+
+        return make_files
+
+    pool = WriterPool(tmp_path, threads=4, max_pending=3, commit=lambda root, files: committed.append(int(files[0][0])))
+    with pool:
+        for i in range(3):
+            pool.submit(job(i))
+        fourth = threading.Thread(target=pool.submit, args=(job(3),))
+        fourth.start()
+        fourth.join(0.2)
+        assert fourth.is_alive(), "a fourth chunk waits while three are pending"
+        # Later chunks finish encoding first; the committer still writes them in submission order.
+        for i in (2, 1, 0):
+            release[i].set()
+        fourth.join()
+        release[3].set()
+    assert committed == [0, 1, 2, 3]
+
+
+def test_writer_threads_setting(monkeypatch):
+    monkeypatch.delenv(WRITER_THREADS_ENV, raising=False)
+    assert writer_threads() == min(4, os.cpu_count() or 1)
+    monkeypatch.setenv(WRITER_THREADS_ENV, "0")
+    assert writer_threads() == 0 and WriterPool(".").threads == 0
+    monkeypatch.setenv(WRITER_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="CFAUG_WRITER_THREADS should be a non-negative integer"):
+        writer_threads()
+    with pytest.raises(ValueError, match="max_pending"):
+        WriterPool(".", threads=1, max_pending=0)
+    assert _writer.commit_files is WriterPool(".", threads=0)._commit
