@@ -34,7 +34,7 @@ from cfaug._utils import check_number, check_positive_int
 from cfaug.backends.base import Backend
 from cfaug.backends.parts import MaskEstimatorNet, PartsBackend
 
-__all__ = ["build_parts", "fill_object", "load_estimator", "texture_pool", "to_float_image"]
+__all__ = ["build_parts", "fill_object", "filled_background", "load_estimator", "texture_pool", "to_float_image"]
 
 
 def default_patch_size(image_size: int) -> int:
@@ -238,6 +238,21 @@ def fill_object(image: torch.Tensor, hole: torch.Tensor, max_rounds: int = 24) -
     return _correct_seam(out, original_hole, original_hole & ~hole, shifts)
 
 
+def filled_background(image: torch.Tensor, mask: torch.Tensor, dilate: int = 1) -> torch.Tensor:
+    """The background of ``image`` with its object filled (``fill_object``), as ``build_parts`` stores it.
+
+    The object region is every pixel of the soft ``mask`` above 0.1 (anti-aliased edges included), grown by
+    ``dilate`` pixels.
+
+    Args:
+        image: ``(C, H, W)`` float in [0, 1].
+        mask: ``(1, H, W)`` in [0, 1].
+        dilate: pixels the region is grown by.
+    """
+    hole = F.max_pool2d((mask > 0.1).float()[None], 2 * dilate + 1, stride=1, padding=dilate)[0, 0] > 0
+    return fill_object(image, hole)
+
+
 def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """``y[..., i, j] = x[..., i + dy, j + dx]``, zero where that falls outside."""
     h, w = x.shape[-2:]
@@ -262,10 +277,11 @@ def _best_shift(image: torch.Tensor, hole: torch.Tensor, valid: torch.Tensor, fa
     h, w = h_map.shape[-2:]
 
     def correlate(source: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        # out[s] = sum_p kernel(p) * source(p + s), summed over channels, for every shift s (a cross-correlation).
-        channels = max(source.shape[1], kernel.shape[1])
-        padded = F.pad(source.expand(1, channels, h, w), (w - 1, w - 1, h - 1, h - 1))
-        return F.conv2d(padded, kernel.expand(1, channels, h, w))[0, 0]
+        # out[s] = sum_p kernel(p) * source(p + s), summed over channels, for every shift s (a cross-correlation,
+        # through FFTs padded to 2h x 2w so that no shift wraps around).
+        spectrum = torch.fft.rfft2(source, s=(2 * h, 2 * w)) * torch.fft.rfft2(kernel, s=(2 * h, 2 * w)).conj()
+        full = torch.fft.irfft2(spectrum.sum(1), s=(2 * h, 2 * w))[0]
+        return full.roll((h - 1, w - 1), dims=(0, 1))[: 2 * h - 1, : 2 * w - 1]
 
     coverage = correlate(v_map, h_map)
     # Mismatch of the copy in the ring: sum ring(q) valid(q+s) (x(q) - x(q+s))^2 / sum ring(q) valid(q+s).
@@ -340,7 +356,7 @@ def _correct_seam(filled: torch.Tensor, hole: torch.Tensor, copied: torch.Tensor
         smoothed += torch.where(where, total / count.clamp_min(1), 0)
 
     correction = torch.zeros_like(filled)
-    for _ in range(min(512, 4 * max(height, width))):
+    for _ in range(min(256, 2 * max(height, width))):
         padded = F.pad(correction, (1, 1, 1, 1))
         around = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
         correction = torch.where(copied, (around + smoothed) / neighbours, 0)
@@ -466,10 +482,7 @@ def build_parts(
                 continue
             pool = texture_pool(image, mask, patch_size, patches_per_image, threshold, generator)
             skipped["no_texture_patch"] += pool is None
-            hole = (
-                F.max_pool2d((mask > 0.1).float()[None], 2 * fill_dilate + 1, stride=1, padding=fill_dilate)[0, 0] > 0
-            )
-            bucket.append((mask, pool, fill_object(image, hole)))
+            bucket.append((mask, pool, filled_background(image, mask, fill_dilate)))
     bar.close()
     if num_classes is None:
         num_classes = max(kept) + 1 if kept else 1
