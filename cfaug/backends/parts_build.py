@@ -8,10 +8,11 @@ estimated object covers between ``min_area`` and ``max_area`` of the frame. From
   (the mask thresholded at ``threshold`` and eroded by the patch), drawn at random without replacement when the
   object has enough of them (an object too thin for one patch gives no texture);
 * the background with the object filled from the image's own background (``fill_object``): the object region,
-  grown by ``fill_dilate`` pixels so that anti-aliased edges go too, is covered by shifted copies of the rest of the
-  image, each shift chosen to cover as much of what is left as it can, and a smooth correction removes the step
-  in brightness along the seam. What cannot be covered (an object that fills the frame) is filled with the
-  background's mean colour.
+  grown by ``fill_dilate`` pixels so that anti-aliased edges go too, is covered by shifted copies of the image's
+  real background (each shift covers much of what is left and agrees with the background around the hole), and a
+  gradient-domain correction removes the steps in brightness along the seams. What no shift covers is filled with
+  the background's mean colour. ``benchmarks/parts_silhouette.py`` measures that a classifier cannot read the
+  object's shape from the result.
 
 The store's size follows from the cap: with the defaults a 32x32 RGB part costs about 4.9 kB (mask 1 kB,
 background 3 kB, 64 patches of 2x2 0.8 kB), so 10 classes at 100 per class take about 5 MB.
