@@ -38,6 +38,7 @@ setup(
         "cfaug.backends": [
             "mnist = cfaug.backends.mnist:MnistBackend",
             "biggan = cfaug.backends.biggan:BigGANBackend",
+            "parts = cfaug.backends.parts:PartsBackend",
         ],
     },
     classifiers=[
