@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from cfaug.checkpoint import CheckpointError
+from cfaug.cli.build_parts import HELP as BUILD_PARTS_HELP
+from cfaug.cli.build_parts import add_build_parts_arguments, run_build_parts
 from cfaug.cli.commands import (
     add_demo_arguments,
     add_generate_arguments,
@@ -97,6 +99,7 @@ _COMMANDS: tuple[tuple[str, str, _AddArguments, _Run], ...] = (
         add_import_weights_arguments,
         run_import_weights_command,
     ),
+    ("build-parts", BUILD_PARTS_HELP, add_build_parts_arguments, run_build_parts),
 )
 
 #: The command groups: name, help, and their sub-commands as in ``_COMMANDS``.
