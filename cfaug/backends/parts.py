@@ -189,7 +189,8 @@ class PartsBackend(Backend):
     def _register_store(self, mechanism: str, counts: list[int], item_shape: tuple[int, ...]) -> None:
         offsets = torch.tensor([0, *counts], dtype=torch.int64).cumsum(0)
         self.register_buffer(f"{mechanism}_offsets", offsets)
-        self.register_buffer(f"{mechanism}_store", torch.zeros((int(offsets[-1]), *item_shape), dtype=torch.uint8))
+        # The total from the Python list, not the tensor: checkpoints are first built on the meta device.
+        self.register_buffer(f"{mechanism}_store", torch.zeros((sum(counts), *item_shape), dtype=torch.uint8))
 
     # ---------------------------------------------------------------------------------- configuration
     @property
