@@ -400,7 +400,9 @@ class CounterfactualDataset(VisionDataset):
         written. An OS lock on ``root`` lets processes save identical or disjoint ``[start, stop)`` ranges into
         it at the same time (with one ``chunk_size``); the call that completes the last range writes the
         manifest. The disk space needed is estimated first (as uncompressed pixels) and a save that cannot
-        fit is refused; a disk that fills up anyway ends the save with everything finished kept.
+        fit is refused; a disk that fills up anyway ends the save with everything finished kept. Encoding and
+        hashing run on writer threads while the next chunk is generated, with the serial writer's bytes and
+        order; ``$CFAUG_WRITER_THREADS`` sets their number (0: write serially).
 
         Args:
             root: the output folder (created if needed).
