@@ -45,6 +45,9 @@ def add_train_mask_estimator_arguments(parser: argparse.ArgumentParser) -> argpa
     parser.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
     parser.add_argument("--batch-size", type=int, default=64, help="generated images per step (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    parser.add_argument(
+        "--arch", choices=("lite", "unet"), default="lite", help="estimator architecture (default: lite)"
+    )
     parser.add_argument("--width", type=int, default=16, help="estimator width (default: 16)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
@@ -97,7 +100,7 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
         dataset = _test_split(args.variant, args.data_root, args.texture_root)
         source = load_backend("mnist", weights=args.weights)
         started = time.perf_counter()
-        options = ("steps", "batch_size", "lr", "seed", "width", "device", "progress")  # flags named as the arguments
+        options = ("steps", "batch_size", "lr", "seed", "width", "arch", "device", "progress")  # flags named as the arguments
         backend = train_mask_estimator(source, **{name: getattr(args, name) for name in options})
         seconds = time.perf_counter() - started
         metrics = mask_iou(backend, dataset)
@@ -114,6 +117,7 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "arch": args.arch,
             "width": args.width,
             "seed": args.seed,
             "hard_fraction": DEFAULT_HARD_FRACTION,
