@@ -100,7 +100,16 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
         dataset = _test_split(args.variant, args.data_root, args.texture_root)
         source = load_backend("mnist", weights=args.weights)
         started = time.perf_counter()
-        options = ("steps", "batch_size", "lr", "seed", "width", "arch", "device", "progress")  # flags named as the arguments
+        options = (
+            "steps",
+            "batch_size",
+            "lr",
+            "seed",
+            "width",
+            "arch",
+            "device",
+            "progress",
+        )  # flags named as the arguments
         backend = train_mask_estimator(source, **{name: getattr(args, name) for name in options})
         seconds = time.perf_counter() - started
         metrics = mask_iou(backend, dataset)

@@ -82,7 +82,12 @@ def test_training_changes_the_estimator_and_not_the_generator(trained):
     assert_same(generator_state(longer), generator_state(source))
     moved = [k for k, v in estimator_state(result).items() if not torch.equal(v, estimator_state(longer)[k])]
     assert any(k.endswith(".weight") for k in moved)
-    expected = {**source.arch_config(), "mask_estimator": True, "mask_estimator_width": 4, "mask_estimator_arch": "lite"}
+    expected = {
+        **source.arch_config(),
+        "mask_estimator": True,
+        "mask_estimator_width": 4,
+        "mask_estimator_arch": "lite",
+    }
     assert result.arch_config() == expected
 
 
