@@ -487,7 +487,9 @@ class BigGANBackend(Backend):
         Args:
             biggan: a BigGAN folder or name (``load_biggan``), or a loaded ``pytorch_pretrained_biggan.BigGAN``.
             u2net_variant: the U2-Net variant.
-            u2net_weights: the U2-Net weights, passed to ``cfaug.models.u2net.build_u2net``.
+            u2net_weights: the U2-Net weights, passed to ``cfaug.models.u2net.build_u2net``; ``None`` keeps its
+                random initialisation (tests): its masks are noise, and it is no mask estimator for real
+                photographs (``has_mask_estimator`` False).
             device: where to put the model; CPU when ``None``.
             **kwargs: further constructor arguments (``truncation``, ``autocast``, ...).
 
@@ -585,7 +587,7 @@ class BigGANBackend(Backend):
         """Architecture summary shown by ``print(backend)``."""
         return (
             f"{super().extra_repr()}, latent_dim={self.latent_dim}, u2net={self.u2net_variant!r}, "
-            f"truncation={self.truncation}, autocast={self.autocast!r}"
+            f"u2net_weights={self.u2net.weights_name!r}, truncation={self.truncation}, autocast={self.autocast!r}"
         )
 
 
