@@ -15,6 +15,12 @@ classes, its seed and the truncation, never on the batch it is generated in. Big
 returns foregrounds and backgrounds mapped to [0, 1], and the U2-Net sees the raw [-1, 1] pre-mask, as in the
 authors' code (no resizing to 320 and no ImageNet normalisation).
 
+Real photographs: with real U2-Net weights (official, converted, or inside a trained or imported CGN) the same
+U2-Net cuts the object out of a photograph (``estimate_mask``), so ``CounterfactualAugment`` also works without
+labels, keeping the photograph's object (``shape="real"``). A photograph goes through U2-Net's own pipeline
+(``cfaug.models.u2net.photo_saliency``: 320 px, ImageNet normalisation, min-max stretch), not the pre-mask
+convention above. A randomly initialised U2-Net is not an estimator: ``has_mask_estimator`` is then False.
+
 Training needs two things generation does not: a fourth, frozen BigGAN that draws the pseudo ground truth, and
 the U2-Net's saliency of the background (``cfaug.training.imagenet``). Neither is part of this backend, so
 generating an image costs three BigGAN forwards and one U2-Net forward, against four and two in the authors'
@@ -32,7 +38,8 @@ Weights:
 * ``BigGANBackend.import_weights("cgn.pth")`` converts the authors' released ImageNet CGN (module names
   ``f_shape``, ``f_text``, ``f_bg``, ``biggan_GT``, ``u2net``), checked key by key;
 * ``cfaug.load_backend("biggan", weights="cgn.safetensors")`` loads cfaug's checkpoint of it: the three BigGAN
-  copies and the U2-Net in one safetensors file, the architecture in its metadata.
+  copies and the U2-Net in one safetensors file, the architecture in its metadata, and where the U2-Net's weights
+  came from (meta key ``u2net_weights``).
 """
 
 from __future__ import annotations
@@ -51,7 +58,13 @@ from torch import nn
 
 from cfaug._utils import check_positive_int, sha256_file, verify_str_arg
 from cfaug.backends.base import Backend
-from cfaug.checkpoint import CheckpointError, load_torch_state_dict, meta_state_dict, state_dict_problems
+from cfaug.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_torch_state_dict,
+    meta_state_dict,
+    state_dict_problems,
+)
 from cfaug.hub import Weights
 from cfaug.models.biggan import (
     NAMED_BIGGANS,
@@ -64,7 +77,7 @@ from cfaug.models.biggan import (
     save_biggan,
 )
 from cfaug.models.biggan import pytorch_pretrained_biggan as _ppb
-from cfaug.models.u2net import U2NET_VARIANTS, U2Net, build_u2net
+from cfaug.models.u2net import U2NET_VARIANTS, U2Net, build_u2net, photo_saliency
 from cfaug.seeding import mix_seed
 
 __all__ = [
@@ -178,8 +191,9 @@ class BigGANBackend(Backend):
             ``None`` runs in float32. On the CPU generation always runs in float32. Outputs are float32.
         max_batch: generate at most this many images per forward (bounds GPU memory); ``None``: all at once.
 
-    The mechanisms are randomly initialised (``build_biggan``): load weights with ``from_pretrained``,
-    ``from_biggan`` or ``import_weights``.
+    The mechanisms and the U2-Net are randomly initialised (``build_biggan``, ``U2Net``): load weights with
+    ``from_pretrained``, ``from_biggan`` or ``import_weights``, or the U2-Net alone with ``load_u2net``. Only a
+    U2-Net with loaded weights estimates masks of real photographs (``has_mask_estimator``).
 
     Examples:
         >>> tiny = {"channel_width": 4, "num_classes": 10, "z_dim": 16, "class_embed_dim": 16,
@@ -222,7 +236,6 @@ class BigGANBackend(Backend):
         self.truncation = truncation
         self.autocast = autocast
         self.max_batch = max_batch
-        #: where imported weights came from (source file, sha256); saved by ``save``.
         self.f_shape = build_biggan(config)
         self.f_text = build_biggan(config)
         self.f_bg = build_biggan(config)
@@ -346,6 +359,82 @@ class BigGANBackend(Backend):
         """Backgrounds in [0, 1], ``(B, 3, H, W)``, from ``f_bg``."""
         return self._generate("background", classes, seeds)
 
+    # ----------------------------------------------------------------------------- real photographs
+    @property
+    def u2net_weights(self) -> dict[str, Any] | None:
+        """Where the U2-Net's weights came from, or ``None`` when they are its random initialisation.
+
+        ``{"name": ..., "sha256": ..., "provenance": ...}``: the weights name or path given to ``build_u2net``
+        (``from_biggan``, ``load_u2net``), ``"imported:<file>"`` for the U2-Net inside the authors' CGN
+        (``import_weights``), or what a checkpoint recorded (``from_pretrained``). ``save`` writes it into the
+        checkpoint's metadata (key ``u2net_weights``).
+        """
+        if self.u2net.weights_name is None:
+            return None
+        return {
+            "name": self.u2net.weights_name,
+            "sha256": self.u2net.weights_sha256,
+            "provenance": copy.deepcopy(self.u2net.provenance),
+        }
+
+    def load_u2net(self, weights: str | os.PathLike[str], *, progress: bool = True) -> BigGANBackend:
+        """Replace the U2-Net by one of the same variant with real weights (``cfaug.models.u2net.build_u2net``).
+
+        For a checkpoint whose U2-Net has random weights (e.g. the tiny example's), or one written before cfaug
+        recorded where the U2-Net came from; it also makes ``estimate_mask`` available.
+
+        Args:
+            weights: ``"u2net"`` or ``"u2netp"`` (the official files, downloaded and checked), a ``.pth`` state
+                dict or a cfaug checkpoint such as ``convert_u2netp_onnx`` writes; its variant must be the
+                backend's ``u2net_variant``.
+            progress: show a progress bar while downloading.
+
+        Returns:
+            The backend itself, its U2-Net frozen on the backend's device.
+
+        Raises:
+            ValueError, cfaug.hub.WeightsError, cfaug.checkpoint.CheckpointError: as ``build_u2net``.
+        """
+        self.u2net = build_u2net(self.u2net_variant, weights=weights, device=self.device, progress=progress)
+        return self
+
+    @property
+    def has_mask_estimator(self) -> bool:
+        """True when the U2-Net has loaded weights (``u2net_weights`` is not ``None``), not a random init."""
+        return self.u2net_weights is not None
+
+    def estimate_mask(self, images: torch.Tensor) -> torch.Tensor:
+        """Object masks of real photographs with the backend's U2-Net, in U2-Net's own pipeline for photographs.
+
+        The photograph is resized to 320x320, normalised with the ImageNet mean and standard deviation, and the
+        saliency map stretched to [0, 1] per image, then resized back (``cfaug.models.u2net.photo_saliency``, the
+        same function as the ``parts`` backend's U2-Net estimator). The network runs in float32 without autograd,
+        on the backend's device; the masks come back on the images' device and in their dtype.
+
+        Args:
+            images: photographs in [0, 1] of any size: a batch ``(B, 3, H, W)`` or ``(B, 1, H, W)`` (grey,
+                repeated to RGB), or one image ``(3, H, W)`` / ``(1, H, W)``.
+
+        Returns:
+            Masks in [0, 1] at the images' size: ``(B, 1, H, W)``, or ``(1, H, W)`` for one image.
+
+        Raises:
+            RuntimeError: the U2-Net has random weights (``has_mask_estimator`` is False).
+            TypeError: ``images`` is not a floating-point tensor.
+            ValueError: ``images`` does not have one of the shapes above.
+        """
+        if not self.has_mask_estimator:
+            raise RuntimeError(
+                f"The U2-Net of backend {self.name!r} (weights {self.weights_name!r}) has random weights (none were "
+                "loaded), so its masks of real photographs would be noise. Load real ones with "
+                "backend.load_u2net('u2net') (official file, downloaded) or backend.load_u2net(path) (a .pth, or a "
+                "checkpoint from cfaug.models.u2net.convert_u2netp_onnx), or load a trained or imported CGN."
+            )
+        single = isinstance(images, torch.Tensor) and images.dim() == 3
+        with torch.no_grad():
+            masks = photo_saliency(self.u2net, images[None] if single else images)
+        return masks[0] if single else masks
+
     # ---------------------------------------------------------------------------------- persistence
     def arch_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this architecture (speed knobs excluded)."""
@@ -357,6 +446,32 @@ class BigGANBackend(Backend):
         if self._custom_class_names:
             arch["class_names"] = list(self.class_names)
         return arch
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The base metadata plus ``u2net_weights`` (where the U2-Net came from) when it has loaded weights."""
+        meta = super().checkpoint_meta()
+        if self.u2net_weights is not None:
+            meta["u2net_weights"] = self.u2net_weights
+        return meta
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, **overrides: Any) -> BigGANBackend:
+        """Build and load the checkpoint's backend (``Backend.from_checkpoint``) and restore ``u2net_weights``.
+
+        Checkpoints written before the key ``u2net_weights`` existed still say where their U2-Net came from: an
+        imported authors' CGN by its ``provenance``, a training run's ``final.safetensors`` by its recipe's
+        ``u2net_source``. Without any of these the U2-Net counts as random (``has_mask_estimator`` False).
+
+        Raises:
+            CheckpointError: as ``Backend.from_checkpoint``, or a malformed ``u2net_weights`` entry.
+        """
+        model = super().from_checkpoint(checkpoint, **overrides)
+        record = _u2net_record(checkpoint.meta, checkpoint.source)
+        if record is not None:
+            model.u2net.weights_name = record["name"]
+            model.u2net.weights_sha256 = record.get("sha256")
+            model.u2net.provenance = record.get("provenance")
+        return model
 
     @classmethod
     def from_biggan(
@@ -372,7 +487,9 @@ class BigGANBackend(Backend):
         Args:
             biggan: a BigGAN folder or name (``load_biggan``), or a loaded ``pytorch_pretrained_biggan.BigGAN``.
             u2net_variant: the U2-Net variant.
-            u2net_weights: the U2-Net weights, passed to ``cfaug.models.u2net.build_u2net``.
+            u2net_weights: the U2-Net weights, passed to ``cfaug.models.u2net.build_u2net``; ``None`` keeps its
+                random initialisation (tests): its masks are noise, and it is no mask estimator for real
+                photographs (``has_mask_estimator`` False).
             device: where to put the model; CPU when ``None``.
             **kwargs: further constructor arguments (``truncation``, ``autocast``, ...).
 
@@ -451,6 +568,10 @@ class BigGANBackend(Backend):
             getattr(model, name).load_state_dict(groups[name], strict=True)
         model.u2net.load_state_dict(groups["u2net"], strict=True)
         digest = sha256_file(source)
+        # The authors' U2-Net is the official pretrained one, frozen through training: a real mask estimator.
+        model.u2net.weights_name = f"imported:{source.name}"
+        model.u2net.weights_sha256 = digest
+        model.u2net.provenance = {"from": "module 'u2net' of the CGN authors' ImageNet CGN", "variant": variant}
         model.weights_name = f"imported:{source.name}"
         model.weights_sha256 = digest
         model.provenance = {
@@ -466,7 +587,7 @@ class BigGANBackend(Backend):
         """Architecture summary shown by ``print(backend)``."""
         return (
             f"{super().extra_repr()}, latent_dim={self.latent_dim}, u2net={self.u2net_variant!r}, "
-            f"truncation={self.truncation}, autocast={self.autocast!r}"
+            f"u2net_weights={self.u2net.weights_name!r}, truncation={self.truncation}, autocast={self.autocast!r}"
         )
 
 
@@ -481,3 +602,30 @@ def _recognise_u2net(state: Mapping[str, torch.Tensor]) -> tuple[str | None, lis
         candidates.append((sum(int(p.split(" ", 1)[0]) for p in problems), variant, problems))
     _, variant, problems = min(candidates)
     return None, [f"closest variant {variant!r} has {p}" for p in problems]
+
+
+def _u2net_record(meta: Mapping[str, Any], source: str) -> dict[str, Any] | None:
+    """Where a checkpoint's U2-Net came from (see ``BigGANBackend.from_checkpoint``), or ``None`` for random."""
+    record = meta.get("u2net_weights")
+    if record is not None:
+        if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+            raise CheckpointError(
+                f"{source}: `u2net_weights` in its metadata should be an object with a string 'name', but got "
+                f"{record!r}."
+            )
+        return record
+    provenance = meta.get("provenance")
+    if isinstance(provenance, dict) and str(provenance.get("format", "")).startswith("CGN authors'"):
+        return {
+            "name": f"imported:{provenance.get('source')}",
+            "sha256": provenance.get("sha256"),
+            "provenance": {"from": "module 'u2net' of the CGN authors' ImageNet CGN"},
+        }
+    recipe = meta.get("recipe")
+    if isinstance(recipe, dict) and isinstance(recipe.get("u2net_source"), str):
+        return {
+            "name": recipe["u2net_source"],
+            "sha256": None,
+            "provenance": {"from": "recipe 'u2net_source' of the training run (frozen U2-Net)"},
+        }
+    return None

