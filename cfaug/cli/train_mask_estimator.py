@@ -25,6 +25,9 @@ from cfaug.training.mask_estimator import (
 
 __all__ = ["add_train_mask_estimator_arguments", "run_train_mask_estimator"]
 
+#: The ``trainer`` of the recipes this command writes.
+_TRAINER = "cfaug.training.mask_estimator"
+
 
 def add_train_mask_estimator_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``cfaug train mask-estimator`` to ``parser`` and return it.
@@ -79,6 +82,12 @@ def _generator_record(weights: str, source: MnistBackend) -> dict[str, Any]:
         from cfaug.checkpoint import load_checkpoint
 
         meta = load_checkpoint(weights).meta
+        recipe = meta.get("recipe")
+        if isinstance(recipe, dict) and recipe.get("trainer") == _TRAINER and isinstance(recipe.get("generator"), dict):
+            # The source already carries an estimator (being replaced here): its generator's own record is the
+            # one to keep, with the estimator it replaces noted, rather than a record nested one level deeper.
+            replaced = {key: recipe[key] for key in ("arch", "width", "steps") if key in recipe}
+            return {**recipe["generator"], "replaces_estimator": {**replaced, "sha256": source.weights_sha256}}
         record.update({key: meta[key] for key in ("recipe", "metrics", "training") if key in meta})
     return record
 
@@ -122,7 +131,7 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
         save_grid(torch.cat([images, estimated.expand_as(images), truth.expand_as(images)]), picture, nrow=count)
 
         recipe = {
-            "trainer": "cfaug.training.mask_estimator",
+            "trainer": _TRAINER,
             "steps": args.steps,
             "batch_size": args.batch_size,
             "lr": args.lr,
