@@ -114,20 +114,20 @@ class MnistBackend(Backend):
         "colored_mnist": Weights(
             "colored_mnist",
             "colored_mnist.safetensors",
-            "80d9a6dea6a5bb169421cfee0ca72ec9dce8a5e35fce17de86dbc9c59ca91462",
-            description="Colored MNIST CGN, our recipe (8,489 it), with mask estimator (test IoU 1.000)",
+            "b3fd48e0614dd6f032caccc6e6e43245e4153eca515acf02cc1ab8adec3280d8",
+            description="Colored MNIST CGN, our recipe (8,489 it), with lite mask estimator (test IoU 1.000)",
         ),
         "double_colored_mnist": Weights(
             "double_colored_mnist",
             "double_colored_mnist.safetensors",
             "0de096030a384a3ba3881d36deaa96377464631d3940c0257448a1fa56911de9",
-            description="Double-colored MNIST CGN, our recipe (8,062 it), with mask estimator (test IoU 0.945)",
+            description="Double-colored MNIST CGN, our recipe (8,062 it), with U-Net mask estimator (test IoU 0.945)",
         ),
         "wildlife_mnist": Weights(
             "wildlife_mnist",
             "wildlife_mnist.safetensors",
             "65f3cf66112155a37fcdfde0a23e8cc8de262d7627bb06ee8850327458034696",
-            description="Wildlife MNIST CGN (paper textures), our recipe (6,000 it), mask estimator (test IoU 0.932)",
+            description="Wildlife MNIST CGN (paper textures), our recipe (6,000 it), U-Net mask estimator (IoU 0.932)",
         ),
     }
     default_weights: ClassVar[str | None] = "colored_mnist"

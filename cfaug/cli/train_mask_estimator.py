@@ -86,7 +86,11 @@ def _generator_record(weights: str, source: MnistBackend) -> dict[str, Any]:
         if isinstance(recipe, dict) and recipe.get("trainer") == _TRAINER and isinstance(recipe.get("generator"), dict):
             # The source already carries an estimator (being replaced here): its generator's own record is the
             # one to keep, with the estimator it replaces noted, rather than a record nested one level deeper.
-            replaced = {key: recipe[key] for key in ("arch", "width", "steps") if key in recipe}
+            # Recipes from before the lite estimator existed name no architecture: theirs was the U-Net.
+            replaced = {
+                "arch": recipe.get("arch", "unet"),
+                **{key: recipe[key] for key in ("width", "steps") if key in recipe},
+            }
             return {**recipe["generator"], "replaces_estimator": {**replaced, "sha256": source.weights_sha256}}
         record.update({key: meta[key] for key in ("recipe", "metrics", "training") if key in meta})
     return record

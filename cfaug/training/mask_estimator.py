@@ -24,8 +24,8 @@ from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.base import Backend
 from cfaug.backends.mnist import MnistBackend
 from cfaug.checkpoint import state_dict_problems
-from cfaug.models.mnist_cgn import MASK_ESTIMATOR_ARCHS
 from cfaug.engine import run_step_function, training_scope
+from cfaug.models.mnist_cgn import MASK_ESTIMATOR_ARCHS
 from cfaug.seeding import draw_seeds, mix_seed
 
 __all__ = [
