@@ -10,9 +10,10 @@ composite (``backend.sample``). Rows:
   tile-and-crop shuffler, here under ``torch.no_grad()``;
 * ``CounterfactualAugment`` called per sample in a 2-worker DataLoader (see :func:`dataloader_augment_row`), on
   28x28 grayscale digits with labels, and on 32x32 RGB images label-aware and image-only (no label: the real
-  object's mask comes from the backend's mask estimator, texture and background from the component bank);
-* ``backend.estimate_mask`` at batch 1 and 256, module path against the fused path, and the fused path of a
-  narrower (untrained) estimator, to show what a retrained narrower one would cost;
+  object's mask comes from the backend's mask estimator, texture and background from the component bank), as
+  PIL images (what ``MNIST(transform=...)`` hands a transform) and as uint8 tensors;
+* ``backend.estimate_mask`` at batch 1 and 256, module path against the fused path, for the backend's estimator
+  and (untrained, speed only) for the other architecture (``lite`` or ``unet``);
 * ``CounterfactualDataset.save`` in both formats, with the writer pool and with the serial writer
   (``CFAUG_WRITER_THREADS=0``), against the generation of the same items at the same batch size
   (:func:`save_rows`).
@@ -49,6 +50,8 @@ from cfaug.functional import composite
 from cfaug.transforms import CounterfactualAugment
 
 ROUNDS = 5
+#: Groups of rows ``--rows`` can choose.
+ROW_GROUPS = ("sample", "per-sample", "image-only", "mask", "save")
 #: Repetitions of each whole save (after one warm-up): a save takes many seconds, unlike a round of a timed row.
 SAVE_ROUNDS = 3
 
@@ -142,13 +145,20 @@ def authors_row(backend: MnistBackend, batch_size: int, seconds: float) -> Row:
 
 
 class _Digits(torch.utils.data.Dataset):
-    """Random PIL images with labels: 28x28 grayscale is what ``MNIST(transform=None)`` hands a transform."""
+    """Random images with labels: 28x28 grayscale PIL images are what ``MNIST(transform=None)`` hands a transform.
 
-    def __init__(self, size: int, transforms: Callable, side: int = 28, rgb: bool = False):
+    With ``tensors``, the images are ``(C, H, W)`` uint8 tensors instead (a dataset that decodes to tensors, or a
+    pipeline with ``v2.PILToTensor()`` before the counterfactual transform).
+    """
+
+    def __init__(self, size: int, transforms: Callable, side: int = 28, rgb: bool = False, tensors: bool = False):
         generator = torch.Generator().manual_seed(0)
         shape = (size, side, side, 3) if rgb else (size, side, side)
         pixels = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
-        self.images = [Image.fromarray(p.numpy(), mode="RGB" if rgb else "L") for p in pixels]
+        if tensors:
+            self.images = [(p.permute(2, 0, 1) if rgb else p[None]).contiguous() for p in pixels]
+        else:
+            self.images = [Image.fromarray(p.numpy(), mode="RGB" if rgb else "L") for p in pixels]
         self.transforms = transforms
 
     def __len__(self) -> int:
@@ -159,7 +169,13 @@ class _Digits(torch.utils.data.Dataset):
 
 
 def dataloader_augment_row(
-    checkpoint: Path, seconds: float, reuse: int, items: int = 1024, rgb32: bool = False, image_only: bool = False
+    checkpoint: Path,
+    seconds: float,
+    reuse: int,
+    items: int = 1024,
+    rgb32: bool = False,
+    image_only: bool = False,
+    tensors: bool = False,
 ) -> Row:
     """Per-sample ``CounterfactualAugment(p=1)`` in the workers of a ``DataLoader(num_workers=2, batch_size=256)``.
 
@@ -167,7 +183,8 @@ def dataloader_augment_row(
     transform's docstring; ``reuse`` is its diversity/speed knob). The first epoch (model loading, first bank fill)
     is a warm-up; then epochs are timed. Workers run one torch thread each, PyTorch's default. The images are 28x28
     grayscale digits, or 32x32 RGB with ``rgb32``; ``image_only`` ignores their labels (``labels_getter=None``),
-    so each sample's mask is estimated from the image.
+    so each sample's mask is estimated from the image. With ``tensors`` the images are uint8 tensors instead of PIL
+    images (and stay tensors: no ``PILToTensor`` after the transform).
     """
     augment = CounterfactualAugment(
         "mnist",
@@ -177,29 +194,33 @@ def dataloader_augment_row(
         reuse=reuse,
         labels_getter=None if image_only else "default",
     )
-    dataset = _Digits(items, v2.Compose([augment, v2.PILToTensor()]), side=32 if rgb32 else 28, rgb=rgb32)
+    transforms = augment if tensors else v2.Compose([augment, v2.PILToTensor()])
+    dataset = _Digits(items, transforms, side=32 if rgb32 else 28, rgb=rgb32, tensors=tensors)
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=2, persistent_workers=True)
 
     def epoch() -> int:
         return sum(len(images) for images, _ in loader)
 
     what = "image-only (mask estimated)" if image_only else "label-aware"
-    images = "32x32 RGB" if rgb32 else "28x28 gray"
+    images = ("32x32 RGB" if rgb32 else "28x28 gray") + (" uint8 tensors" if tensors else "")
     label = f"per-sample `CounterfactualAugment(p=1, reuse={reuse})`, {what}, {images}, 2-worker DataLoader"
     return Row(label, 256, measure(epoch, seconds, warmup=1))
 
 
 def mask_rows(backend: MnistBackend, seconds: float) -> list[Row]:
-    """``estimate_mask`` on 32x32 RGB images: module path, fused path, and a width-8 estimator's fused path."""
-    narrow = MnistBackend(mask_estimator=True, mask_estimator_width=8).eval().requires_grad_(False)
-    narrow.mark_mask_estimator_trained()  # random weights: only the speed is measured
+    """``estimate_mask`` on 32x32 RGB images: module and fused path of the backend's estimator and of the other one."""
+    arch = backend.mask_estimator_arch
+    other_arch = "unet" if arch == "lite" else "lite"
+    other = MnistBackend(mask_estimator=True, mask_estimator_arch=other_arch).eval().requires_grad_(False)
+    other.mark_mask_estimator_trained()  # random weights: only the speed is measured
     rows = []
     for batch_size in (1, 256):
         images = torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         for model, fast, what in (
-            (backend, False, f"module path, width {backend.mask_estimator_width}"),
-            (backend, True, f"fused path, width {backend.mask_estimator_width}"),
-            (narrow, True, "fused path, width 8 (untrained: what a narrower estimator would cost)"),
+            (backend, False, f"module path, {arch} width {backend.mask_estimator_width}"),
+            (backend, True, f"fused path, {arch} width {backend.mask_estimator_width}"),
+            (other, False, f"module path, {other_arch} width {other.mask_estimator_width} (untrained, speed only)"),
+            (other, True, f"fused path, {other_arch} width {other.mask_estimator_width} (untrained, speed only)"),
         ):
             model.fast_path = fast
 
@@ -208,7 +229,7 @@ def mask_rows(backend: MnistBackend, seconds: float) -> list[Row]:
                 return len(images)
 
             rows.append(Row(f"mnist backend `estimate_mask()`, {what}", batch_size, measure(step, seconds)))
-        backend.fast_path = True
+        backend.fast_path = other.fast_path = True
     return rows
 
 
@@ -280,6 +301,13 @@ def main() -> None:
     parser.add_argument("--save-images", type=int, default=2048, help="images per save in the save rows")
     parser.add_argument("--save-batch", type=int, default=64, help="batch size of the save rows")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "generation_cpu.txt")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROW_GROUPS,
+        default=list(ROW_GROUPS),
+        help="which groups of rows to run (default: all)",
+    )
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -287,27 +315,46 @@ def main() -> None:
     backend = load(args.weights)
     if backend.mask_net is None:
         backend = cfaug.load_backend("mnist", weights="colored_mnist")  # the image-only rows need an estimator
-    rows = [backend_row(backend, b, args.seconds, "mnist backend `sample()`, fast path") for b in (1, 32, 256)]
-    backend.fast_path = False
-    rows.append(backend_row(backend, 256, args.seconds, "mnist backend `sample()`, module path (`fast_path=False`)"))
-    backend.fast_path = True
-    rows.append(authors_row(backend, 256, args.seconds))
+    groups = set(args.rows)
+    rows: list[Row] = []
+    per_sample: list[Row] = []
+    pairs: list[tuple[str, Row, Row]] = []
+    saves: list[Row] = []
+    if "sample" in groups:
+        rows += [backend_row(backend, b, args.seconds, "mnist backend `sample()`, fast path") for b in (1, 32, 256)]
+        backend.fast_path = False
+        rows.append(
+            backend_row(backend, 256, args.seconds, "mnist backend `sample()`, module path (`fast_path=False`)")
+        )
+        backend.fast_path = True
+        rows.append(authors_row(backend, 256, args.seconds))
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = Path(folder) / "mnist.safetensors"
         backend.save(checkpoint)
-        per_sample = [dataloader_augment_row(checkpoint, args.seconds, reuse) for reuse in args.reuse]
-        # The image-only comparison: the same 32x32 RGB images and default reuse, with and without labels.
-        label_aware = dataloader_augment_row(checkpoint, args.seconds, 4, rgb32=True)
-        image_only = dataloader_augment_row(checkpoint, args.seconds, 4, rgb32=True, image_only=True)
-        masks = mask_rows(backend, args.seconds)
-        saves = save_rows(checkpoint, args.save_images, args.save_batch)
-    rows += [*per_sample, label_aware, image_only, *masks, *saves]
+        if "per-sample" in groups:
+            per_sample = [dataloader_augment_row(checkpoint, args.seconds, reuse) for reuse in args.reuse]
+            rows += per_sample
+        if "image-only" in groups:
+            # The image-only comparison: the same 32x32 RGB images and default reuse, with and without labels.
+            for tensors, what in ((False, "PIL images"), (True, "uint8 tensors")):
+                label_aware = dataloader_augment_row(checkpoint, args.seconds, 4, rgb32=True, tensors=tensors)
+                image_only = dataloader_augment_row(
+                    checkpoint, args.seconds, 4, rgb32=True, image_only=True, tensors=tensors
+                )
+                pairs.append((what, label_aware, image_only))
+                rows += [label_aware, image_only]
+        if "mask" in groups:
+            rows += mask_rows(backend, args.seconds)
+        if "save" in groups:
+            saves = save_rows(checkpoint, args.save_images, args.save_batch)
+            rows += saves
 
     def median(row: Row) -> float:
         return statistics.median(row.rates)
 
     lines = [
-        f"Counterfactual generation, weights {backend.weights_name!r}; torch {torch.__version__}, "
+        f"Counterfactual generation, weights {backend.weights_name!r} (mask estimator: "
+        f"{backend.mask_estimator_arch}, width {backend.mask_estimator_width}); torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), "
         f"{args.seconds:g} s per row in {ROUNDS} rounds; load average before/after "
         f"{LOAD_BEFORE} / {tuple(round(x, 2) for x in os.getloadavg())}.",
@@ -315,16 +362,25 @@ def main() -> None:
         "| what | batch | img/s (median) | img/s (best round) | ms / batch (median) |",
         "|---|---:|---:|---:|---:|",
         *(row.markdown() for row in rows),
-        "",
-        "Per-sample path relative to batched `sample()` at 256 (target >= 0.80):",
-        *(f"- {row.label}: {median(row) / median(rows[2]):.2f}" for row in per_sample),
-        "",
-        f"Image-only per sample: {median(image_only):,.0f} img/s (target >= 2,000), "
-        f"{median(image_only) / median(label_aware):.2f}x label-aware (target >= 0.5).",
-        "",
-        f"Save against generation at batch {args.save_batch} (target >= 0.9):",
-        *(f"- {row.label}: {median(row) / median(saves[0]):.2f}" for row in saves[1:]),
     ]
+    if per_sample and "sample" in groups:
+        lines += [
+            "",
+            "Per-sample path relative to batched `sample()` at 256 (target >= 0.80):",
+            *(f"- {row.label}: {median(row) / median(rows[2]):.2f}" for row in per_sample),
+        ]
+    for what, label_aware, image_only in pairs:
+        lines += [
+            "",
+            f"Image-only per sample, {what}: {median(image_only):,.0f} img/s (target >= 2,000), "
+            f"{median(image_only) / median(label_aware):.2f}x label-aware (target >= 0.5).",
+        ]
+    if saves:
+        lines += [
+            "",
+            f"Save against generation at batch {args.save_batch} (target >= 0.9):",
+            *(f"- {row.label}: {median(row) / median(saves[0]):.2f}" for row in saves[1:]),
+        ]
     text = "\n".join(lines)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)

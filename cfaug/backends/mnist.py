@@ -36,13 +36,15 @@ from cfaug.checkpoint import Checkpoint, CheckpointError, load_torch_state_dict,
 from cfaug.hub import Weights
 from cfaug.models.mnist_cgn import (
     MASK_CLAMP,
+    MASK_ESTIMATOR_ARCHS,
     MaskEstimator,
+    build_mask_estimator,
     cyclic_shift,
     random_shift_offsets,
     shape_net,
     texture_net,
 )
-from cfaug.models.mnist_cgn_fused import FusedMaskEstimator, FusedShapeNet, FusedTextureNet
+from cfaug.models.mnist_cgn_fused import FusedShapeNet, FusedTextureNet, fuse_mask_estimator
 from cfaug.seeding import per_sample_normal, per_sample_randint
 
 # MASK_CLAMP, MaskEstimator, cyclic_shift and random_shift_offsets live in cfaug.models.mnist_cgn; re-exported here.
@@ -80,9 +82,11 @@ class MnistBackend(Backend):
         latent_dim: size of the noise vector ``u`` of each mechanism.
         ngf: generator width; the networks use ``ngf`` and ``2 * ngf`` channels.
         image_size: side of the generated images; divisible by 4.
-        mask_estimator: also build a ``MaskEstimator`` for ``estimate_mask`` on real images. It must be
+        mask_estimator: also build a mask estimator for ``estimate_mask`` on real images. It must be
             trained (and marked so with ``mark_mask_estimator_trained``) before it can be used.
         mask_estimator_width: width of the mask estimator.
+        mask_estimator_arch: ``"lite"`` (``LiteMaskEstimator``, fast on single images) or ``"unet"``
+            (``MaskEstimator``, cfaug's first estimator; checkpoints without this setting hold one).
         class_names: one name per class; ``"0"``, ``"1"``, ... when ``None``.
         init_type: initialisation of a freshly built model, as in the authors' code: ``"orthogonal"``,
             ``"normal"``, ``"xavier"``, ``"kaiming"`` or ``"default"`` (PyTorch's own). Conv/Linear biases start at
@@ -110,20 +114,20 @@ class MnistBackend(Backend):
         "colored_mnist": Weights(
             "colored_mnist",
             "colored_mnist.safetensors",
-            "80d9a6dea6a5bb169421cfee0ca72ec9dce8a5e35fce17de86dbc9c59ca91462",
-            description="Colored MNIST CGN, our recipe (8,489 it), with mask estimator (test IoU 1.000)",
+            "b3fd48e0614dd6f032caccc6e6e43245e4153eca515acf02cc1ab8adec3280d8",
+            description="Colored MNIST CGN, our recipe (8,489 it), with lite mask estimator (test IoU 1.000)",
         ),
         "double_colored_mnist": Weights(
             "double_colored_mnist",
             "double_colored_mnist.safetensors",
             "0de096030a384a3ba3881d36deaa96377464631d3940c0257448a1fa56911de9",
-            description="Double-colored MNIST CGN, our recipe (8,062 it), with mask estimator (test IoU 0.945)",
+            description="Double-colored MNIST CGN, our recipe (8,062 it), with U-Net mask estimator (test IoU 0.945)",
         ),
         "wildlife_mnist": Weights(
             "wildlife_mnist",
             "wildlife_mnist.safetensors",
             "65f3cf66112155a37fcdfde0a23e8cc8de262d7627bb06ee8850327458034696",
-            description="Wildlife MNIST CGN (paper textures), our recipe (6,000 it), mask estimator (test IoU 0.932)",
+            description="Wildlife MNIST CGN (paper textures), our recipe (6,000 it), U-Net mask estimator (IoU 0.932)",
         ),
     }
     default_weights: ClassVar[str | None] = "colored_mnist"
@@ -137,6 +141,7 @@ class MnistBackend(Backend):
         mask_estimator: bool = False,
         mask_estimator_width: int = 16,
         class_names: Sequence[str] | None = None,
+        mask_estimator_arch: str = "lite",
         *,
         init_type: str = "orthogonal",
         init_gain: float = 0.1,
@@ -147,6 +152,7 @@ class MnistBackend(Backend):
         check_positive_int(latent_dim, "latent_dim")
         check_positive_int(ngf, "ngf")
         check_positive_int(image_size, "image_size")
+        verify_str_arg(mask_estimator_arch, "mask_estimator_arch", tuple(MASK_ESTIMATOR_ARCHS))
         check_positive_int(mask_estimator_width, "mask_estimator_width")
         if image_size % 4:
             raise ValueError(f"`image_size` should be divisible by 4, but got {image_size}.")
@@ -156,6 +162,7 @@ class MnistBackend(Backend):
         self.latent_dim = latent_dim
         self.ngf = ngf
         self.mask_estimator_width = mask_estimator_width
+        self.mask_estimator_arch = mask_estimator_arch
         self.fast_path = fast_path
         self.micro_batch = micro_batch
         #: where imported weights came from (source file, sha256, the authors' config); saved by ``save``.
@@ -166,9 +173,9 @@ class MnistBackend(Backend):
         self.f_shape = shape_net(in_features, ngf, init_size)
         self.f_text1 = texture_net(in_features, ngf, init_size, self.channels)
         self.f_text2 = texture_net(in_features, ngf, init_size, self.channels)
-        self.mask_net: MaskEstimator | None = None
+        self.mask_net: nn.Module | None = None
         if mask_estimator:
-            self.mask_net = MaskEstimator(mask_estimator_width)
+            self.mask_net = build_mask_estimator(mask_estimator_arch, mask_estimator_width)
             # A buffer, so the flag travels with the weights: random estimator weights are never used silently.
             self.register_buffer("mask_estimator_trained", torch.zeros((), dtype=torch.bool))
         self.init_weights(init_type, init_gain)
@@ -179,7 +186,7 @@ class MnistBackend(Backend):
         )
         self._fused: tuple[tuple[tuple[int, int], ...], dict[str, Callable[..., torch.Tensor]]] | None = None
         self._mask_modules: tuple[nn.Module, ...] = () if self.mask_net is None else tuple(self.mask_net.modules())
-        self._fused_mask: tuple[tuple[tuple[int, int], ...], FusedMaskEstimator] | None = None
+        self._fused_mask: tuple[tuple[tuple[int, int], ...], Callable[[torch.Tensor], torch.Tensor]] | None = None
 
     # ---------------------------------------------------------------------------------- configuration
     @property
@@ -241,6 +248,7 @@ class MnistBackend(Backend):
             "image_size": self.image_size,
             "mask_estimator": self.mask_net is not None,
             "mask_estimator_width": self.mask_estimator_width,
+            "mask_estimator_arch": self.mask_estimator_arch,
             "class_names": list(self.class_names),
         }
 
@@ -467,7 +475,7 @@ class MnistBackend(Backend):
 
         Images of any size are resized to ``image_size`` for the estimator and the mask back to ``H x W``
         (bilinear). Grayscale images are repeated to three channels. In eval mode with ``fast_path`` on, the
-        estimator runs a fused copy of its network (``cfaug.models.mnist_cgn_fused.FusedMaskEstimator``): the
+        estimator runs a fused copy of its network (``cfaug.models.mnist_cgn_fused.fuse_mask_estimator``): the
         masks of the module path within 1e-5, several times faster for single images.
 
         Raises:
@@ -499,7 +507,7 @@ class MnistBackend(Backend):
     def _fused_mask_logits(self, images: torch.Tensor) -> torch.Tensor:
         key = self._weights_key(self._mask_modules)
         if self._fused_mask is None or self._fused_mask[0] != key:
-            self._fused_mask = (key, FusedMaskEstimator(self.mask_net))
+            self._fused_mask = (key, fuse_mask_estimator(self.mask_net))
         fused = self._fused_mask[1]
         chunk = self._chunk_size(images.device)
         if len(images) <= chunk:
@@ -511,6 +519,10 @@ class MnistBackend(Backend):
     def from_checkpoint(cls, checkpoint: Checkpoint, **overrides: Any) -> MnistBackend:
         """Build the architecture described by ``checkpoint`` and load its tensors; skips the initialisation."""
         overrides.setdefault("init_type", "default")  # the weights are overwritten anyway
+        arch = checkpoint.meta.get("arch")
+        if isinstance(arch, dict) and "mask_estimator_arch" not in arch:
+            # Written before the lite estimator existed: its estimator (if any) is the U-Net.
+            overrides.setdefault("mask_estimator_arch", "unet")
         return super().from_checkpoint(checkpoint, **overrides)
 
     @classmethod

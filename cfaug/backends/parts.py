@@ -39,7 +39,7 @@ from torch import nn
 
 from cfaug._utils import check_number, check_positive_int, verify_str_arg
 from cfaug.backends.base import Backend
-from cfaug.models.mnist_cgn import MaskEstimator
+from cfaug.models.mnist_cgn import MASK_ESTIMATOR_ARCHS, build_mask_estimator
 from cfaug.models.u2net import U2NET_VARIANTS, U2Net, photo_saliency
 from cfaug.seeding import per_sample_randint
 
@@ -70,6 +70,8 @@ class MaskEstimatorNet(nn.Module):
             (U2-Net salient-object segmentation, for photographs).
         variant: U2-Net variant (``"u2net"``, ``"u2netp"``, ``"tiny"``); ignored for ``"mnist"``.
         width: width of the MNIST estimator; ignored for ``"u2net"``.
+        arch: architecture of the MNIST estimator (``cfaug.models.mnist_cgn.MASK_ESTIMATOR_ARCHS``); stores
+            written before the choice existed hold a ``"unet"``, hence the default. Ignored for ``"u2net"``.
         input_size: side of the square images the network sees (32 for the MNIST estimator, 320 in U2-Net's own
             pipeline); masks are resized back to the image's size.
 
@@ -78,17 +80,26 @@ class MaskEstimatorNet(nn.Module):
     [0, 1] per image).
     """
 
-    def __init__(self, kind: str = "mnist", variant: str = "u2netp", width: int = 16, input_size: int = 32):
+    def __init__(
+        self, kind: str = "mnist", variant: str = "u2netp", width: int = 16, input_size: int = 32, arch: str = "unet"
+    ):
         super().__init__()
         self.kind = verify_str_arg(kind, "kind", ESTIMATOR_KINDS)
         self.variant = verify_str_arg(variant, "variant", U2NET_VARIANTS)
         self.width = check_positive_int(width, "width")
         self.input_size = check_positive_int(input_size, "input_size")
-        self.net: nn.Module = MaskEstimator(width) if kind == "mnist" else U2Net(variant).freeze()
+        self.arch = verify_str_arg(arch, "arch", tuple(MASK_ESTIMATOR_ARCHS))
+        self.net: nn.Module = build_mask_estimator(arch, width) if kind == "mnist" else U2Net(variant).freeze()
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this estimator."""
-        return {"kind": self.kind, "variant": self.variant, "width": self.width, "input_size": self.input_size}
+        return {
+            "kind": self.kind,
+            "variant": self.variant,
+            "width": self.width,
+            "input_size": self.input_size,
+            "arch": self.arch,
+        }
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Masks in [0, 1], ``(B, 1, H, W)``, of images in [0, 1], ``(B, 1 or 3, H, W)``."""

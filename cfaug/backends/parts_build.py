@@ -82,7 +82,12 @@ def load_estimator(estimator: Any) -> tuple[EstimatorFn | None, MaskEstimatorNet
                 f"{estimator.weights_name!r}) has none."
             )
         if isinstance(estimator, MnistBackend):
-            net = MaskEstimatorNet("mnist", width=estimator.mask_estimator_width, input_size=estimator.image_size)
+            net = MaskEstimatorNet(
+                "mnist",
+                width=estimator.mask_estimator_width,
+                input_size=estimator.image_size,
+                arch=estimator.mask_estimator_arch,
+            )
             net.net.load_state_dict(estimator.mask_net.state_dict())
             desc = {"kind": "mnist", "weights": estimator.weights_name, "weights_sha256": estimator.weights_sha256}
             return net.eval(), net.eval(), desc

@@ -25,6 +25,9 @@ from cfaug.training.mask_estimator import (
 
 __all__ = ["add_train_mask_estimator_arguments", "run_train_mask_estimator"]
 
+#: The ``trainer`` of the recipes this command writes.
+_TRAINER = "cfaug.training.mask_estimator"
+
 
 def add_train_mask_estimator_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``cfaug train mask-estimator`` to ``parser`` and return it.
@@ -45,6 +48,9 @@ def add_train_mask_estimator_arguments(parser: argparse.ArgumentParser) -> argpa
     parser.add_argument("--steps", type=int, default=1500, help="training steps (default: 1500)")
     parser.add_argument("--batch-size", type=int, default=64, help="generated images per step (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    parser.add_argument(
+        "--arch", choices=("lite", "unet"), default="lite", help="estimator architecture (default: lite)"
+    )
     parser.add_argument("--width", type=int, default=16, help="estimator width (default: 16)")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default: 0)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
@@ -76,6 +82,16 @@ def _generator_record(weights: str, source: MnistBackend) -> dict[str, Any]:
         from cfaug.checkpoint import load_checkpoint
 
         meta = load_checkpoint(weights).meta
+        recipe = meta.get("recipe")
+        if isinstance(recipe, dict) and recipe.get("trainer") == _TRAINER and isinstance(recipe.get("generator"), dict):
+            # The source already carries an estimator (being replaced here): its generator's own record is the
+            # one to keep, with the estimator it replaces noted, rather than a record nested one level deeper.
+            # Recipes from before the lite estimator existed name no architecture: theirs was the U-Net.
+            replaced = {
+                "arch": recipe.get("arch", "unet"),
+                **{key: recipe[key] for key in ("width", "steps") if key in recipe},
+            }
+            return {**recipe["generator"], "replaces_estimator": {**replaced, "sha256": source.weights_sha256}}
         record.update({key: meta[key] for key in ("recipe", "metrics", "training") if key in meta})
     return record
 
@@ -97,7 +113,16 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
         dataset = _test_split(args.variant, args.data_root, args.texture_root)
         source = load_backend("mnist", weights=args.weights)
         started = time.perf_counter()
-        options = ("steps", "batch_size", "lr", "seed", "width", "device", "progress")  # flags named as the arguments
+        options = (
+            "steps",
+            "batch_size",
+            "lr",
+            "seed",
+            "width",
+            "arch",
+            "device",
+            "progress",
+        )  # flags named as the arguments
         backend = train_mask_estimator(source, **{name: getattr(args, name) for name in options})
         seconds = time.perf_counter() - started
         metrics = mask_iou(backend, dataset)
@@ -110,10 +135,11 @@ def run_train_mask_estimator(args: argparse.Namespace) -> int:
         save_grid(torch.cat([images, estimated.expand_as(images), truth.expand_as(images)]), picture, nrow=count)
 
         recipe = {
-            "trainer": "cfaug.training.mask_estimator",
+            "trainer": _TRAINER,
             "steps": args.steps,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "arch": args.arch,
             "width": args.width,
             "seed": args.seed,
             "hard_fraction": DEFAULT_HARD_FRACTION,

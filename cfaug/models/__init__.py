@@ -1,7 +1,8 @@
 """Every network cfaug builds, apart from the backends that wrap them (``cfaug.backends`` are adapters).
 
 * ``cfaug.models.mnist_cgn``: the MNIST CGN mechanisms (shape, texture, background), the shuffler and the
-  ``MaskEstimator``; ``cfaug.models.mnist_cgn_fused``: their fused, no-autograd inference copy;
+  mask estimators (``LiteMaskEstimator``, ``MaskEstimator``); ``cfaug.models.mnist_cgn_fused``: their fused,
+  no-autograd inference copy;
 * ``cfaug.models.biggan``: BigGAN-deep configs, build, load and save (the ImageNet CGN's mechanisms); it needs
   the ``imagenet`` extra to run, so its names stay in that module rather than here;
 * ``cfaug.models.u2net``: the frozen U2-Net mask network of the ImageNet CGN;
@@ -28,13 +29,24 @@ from cfaug.models.classifiers import (
 from cfaug.models.discriminators import DISCRIMINATORS, DiscConv, DiscLin, build_discriminator
 from cfaug.models.feature_network import FeatureNetwork, FeatureNetworkError, build_feature_network
 from cfaug.models.mask_classifier import MaskClassifier
-from cfaug.models.mnist_cgn import MASK_CLAMP, MaskEstimator, cyclic_shift, random_shift_offsets, shape_net, texture_net
-from cfaug.models.mnist_cgn_fused import FusedShapeNet, FusedTextureNet
+from cfaug.models.mnist_cgn import (
+    MASK_CLAMP,
+    MASK_ESTIMATOR_ARCHS,
+    LiteMaskEstimator,
+    MaskEstimator,
+    build_mask_estimator,
+    cyclic_shift,
+    random_shift_offsets,
+    shape_net,
+    texture_net,
+)
+from cfaug.models.mnist_cgn_fused import FusedShapeNet, FusedTextureNet, fuse_mask_estimator
 from cfaug.models.u2net import U2NET_VARIANTS, U2NET_WEIGHTS, U2Net, build_u2net, convert_u2netp_onnx
 
 __all__ = [
     "DISCRIMINATORS",
     "MASK_CLAMP",
+    "MASK_ESTIMATOR_ARCHS",
     "U2NET_VARIANTS",
     "U2NET_WEIGHTS",
     "DiscConv",
@@ -44,6 +56,7 @@ __all__ = [
     "FeatureNetworkError",
     "FusedShapeNet",
     "FusedTextureNet",
+    "LiteMaskEstimator",
     "MaskClassifier",
     "MaskEstimator",
     "ShapeClassifier",
@@ -52,9 +65,11 @@ __all__ = [
     "build_backbone",
     "build_discriminator",
     "build_feature_network",
+    "build_mask_estimator",
     "build_u2net",
     "convert_u2netp_onnx",
     "cyclic_shift",
+    "fuse_mask_estimator",
     "list_backbones",
     "load_classifier",
     "random_shift_offsets",

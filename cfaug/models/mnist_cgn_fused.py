@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfaug.models.mnist_cgn import _LEAKY_SLOPE, MASK_CLAMP, MaskEstimator, _Reshape
+from cfaug.models.mnist_cgn import _LEAKY_SLOPE, MASK_CLAMP, LiteMaskEstimator, MaskEstimator, _Reshape
 
-__all__ = ["FusedMaskEstimator", "FusedShapeNet", "FusedTextureNet"]
+__all__ = ["FusedLiteMaskEstimator", "FusedMaskEstimator", "FusedShapeNet", "FusedTextureNet", "fuse_mask_estimator"]
 
 # The fused networks run in channels-last layout: oneDNN's 2x2 convolutions are about twice as fast in it on the
 # CPU (benchmarks/generation.py), and it is the preferred layout of tensor cores on GPUs.
@@ -265,3 +265,53 @@ class FusedMaskEstimator:
         maps = _conv_relu_stack(torch.cat([self.up1(maps), skip1], dim=1), self.dec1, self.dec1[0])
         # One output channel: channels-last and contiguous are the same memory, contiguous() only fixes the strides.
         return F.conv2d(maps, *self.head).contiguous()
+
+
+class FusedLiteMaskEstimator:
+    """``LiteMaskEstimator`` logits from fused eval-mode weights, with the module's outputs up to float rounding.
+
+    BatchNorm is folded into the convolutions, ReLU and the skip addition run in place, and the layout is
+    channels-last. A grayscale image is read without being repeated: the first kernel, summed over the three
+    colour channels of each unshuffled pixel, sees the unshuffled grayscale image. The network is read once, at
+    construction: rebuild the fused copy whenever a weight changes.
+    """
+
+    def __init__(self, net: LiteMaskEstimator):
+        self.fine = _folded_stack(net.fine)
+        weight, bias = self.fine[0]
+        # Unshuffled RGB channels are ordered (colour, row, column) of each 2x2 block: sum over the colour.
+        gray = weight.unflatten(1, (3, 4)).sum(1)
+        self.gray_first = (gray.contiguous(memory_format=_FAST_LAYOUT), bias)
+        self.coarse = _folded_stack(net.coarse)
+        self.up = _plain_conv(net.up[0])
+        self.dec = _folded_stack(net.dec)
+        self.head = _plain_conv(net.head[0])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(B, 1, S, S)`` of images in [-1, 1], ``(B, 3, S, S)``, or ``(B, 1, S, S)`` for grayscale."""
+        cells = F.pixel_unshuffle(images, 2).contiguous(memory_format=_FAST_LAYOUT)
+        fine = _conv_relu_stack(cells, self.fine, self.gray_first if images.shape[1] == 1 else self.fine[0])
+        coarse = F.conv2d(fine, *self.coarse[0], stride=2, padding=1).relu_()
+        coarse = _conv_relu_stack(coarse, self.coarse[1:], self.coarse[1])
+        up = F.pixel_shuffle(F.conv2d(coarse, *self.up), 2).add_(fine)
+        up = _conv_relu_stack(up, self.dec, self.dec[0])
+        # One output channel: channels-last and contiguous are the same memory, contiguous() only fixes the strides.
+        return F.pixel_shuffle(F.conv2d(up, *self.head), 2).contiguous()
+
+
+def _plain_conv(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A convolution's weight (channels-last) and bias, detached copies."""
+    return conv.weight.detach().clone(memory_format=_FAST_LAYOUT), conv.bias.detach().clone()
+
+
+def fuse_mask_estimator(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fused inference copy of a mask estimator of either architecture (``MASK_ESTIMATOR_ARCHS``).
+
+    Raises:
+        TypeError: ``net`` is neither a ``MaskEstimator`` nor a ``LiteMaskEstimator``.
+    """
+    if isinstance(net, LiteMaskEstimator):
+        return FusedLiteMaskEstimator(net)
+    if isinstance(net, MaskEstimator):
+        return FusedMaskEstimator(net)
+    raise TypeError(f"`net` should be a MaskEstimator or a LiteMaskEstimator, but got {type(net).__name__}.")

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cfaug._utils import check_positive_int
+from cfaug._utils import check_positive_int, verify_str_arg
 from cfaug.backends.base import Backend
 from cfaug.backends.mnist import MnistBackend
 from cfaug.checkpoint import state_dict_problems
 from cfaug.engine import run_step_function, training_scope
+from cfaug.models.mnist_cgn import MASK_ESTIMATOR_ARCHS
 from cfaug.seeding import draw_seeds, mix_seed
 
 __all__ = [
@@ -80,10 +81,11 @@ def _resolve_source(backend_or_weights: Any) -> MnistBackend:
     )
 
 
-def _with_estimator(source: MnistBackend, width: int) -> MnistBackend:
-    """A new backend with ``source``'s generator weights (copied) and a fresh estimator of ``width``."""
+def _with_estimator(source: MnistBackend, width: int, arch: str) -> MnistBackend:
+    """A new backend with ``source``'s generator weights (copied) and a fresh ``arch`` estimator of ``width``."""
+    settings = {"mask_estimator": True, "mask_estimator_width": width, "mask_estimator_arch": arch}
     model = MnistBackend(
-        **{**source.arch_config(), "mask_estimator": True, "mask_estimator_width": width},
+        **{**source.arch_config(), **settings},
         init_type="default",  # the generator weights are overwritten below
         fast_path=source.fast_path,
         micro_batch=source.micro_batch,
@@ -154,6 +156,7 @@ def train_mask_estimator(
     lr: float = 1e-3,
     seed: int = 0,
     width: int = 16,
+    arch: str = "lite",
     device: torch.device | str = "cpu",
     progress: bool = True,
     hard_fraction: float = DEFAULT_HARD_FRACTION,
@@ -173,7 +176,8 @@ def train_mask_estimator(
         batch_size: generated images per step.
         lr: Adam learning rate.
         seed: seed of the estimator's initialisation and of every per-step draw.
-        width: ``MaskEstimator`` width (channels of its first level).
+        width: estimator width (see the architecture's docstring).
+        arch: estimator architecture, ``"lite"`` (``LiteMaskEstimator``) or ``"unet"`` (``MaskEstimator``).
         device: where to generate and train.
         progress: show a tqdm progress bar.
         hard_fraction: share of each batch recomposed from the mask thresholded at 0.5, with that binary mask as
@@ -199,6 +203,7 @@ def train_mask_estimator(
     check_positive_int(batch_size, "batch_size")
     check_positive_int(seed, "seed", allow_zero=True)
     check_positive_int(width, "width")
+    verify_str_arg(arch, "arch", tuple(MASK_ESTIMATOR_ARCHS))
     lr = _check_number(lr, "lr", low=0.0, open_low=True)
     hard_fraction = _check_number(hard_fraction, "hard_fraction", low=0.0, high=1.0)
     jitter = _check_number(jitter, "jitter", low=0.0, high=1.0)
@@ -215,7 +220,7 @@ def train_mask_estimator(
     with training_scope(device=device):  # the caller's RNG state (CPU and this GPU) is left as it was
         # The estimator's default initialisation draws from the global RNG; seed it so it depends on `seed` only.
         torch.manual_seed(mix_seed(seed, _INIT_STREAM))
-        model = _with_estimator(source, width).to(device)
+        model = _with_estimator(source, width, arch).to(device)
     model.eval().requires_grad_(False)
     estimator = model.mask_net
     if estimator is None:  # cannot happen: _with_estimator builds it

@@ -82,7 +82,13 @@ def test_training_changes_the_estimator_and_not_the_generator(trained):
     assert_same(generator_state(longer), generator_state(source))
     moved = [k for k, v in estimator_state(result).items() if not torch.equal(v, estimator_state(longer)[k])]
     assert any(k.endswith(".weight") for k in moved)
-    assert result.arch_config() == {**source.arch_config(), "mask_estimator": True, "mask_estimator_width": 4}
+    expected = {
+        **source.arch_config(),
+        "mask_estimator": True,
+        "mask_estimator_width": 4,
+        "mask_estimator_arch": "lite",
+    }
+    assert result.arch_config() == expected
 
 
 def test_result_estimates_masks(trained):
@@ -267,6 +273,16 @@ def test_cli_trains_measures_and_saves(mnist_root, tmp_path, capsys):
     # The same seed through the Python function gives the same estimator.
     direct = train_mask_estimator(weights, seed=1, **FAST)
     assert_same(estimator_state(loaded), estimator_state(direct))
+    assert loaded.mask_estimator_arch == "lite" and meta["recipe"]["arch"] == "lite"
+    # Replacing that estimator (here by a U-Net) keeps the generator's own record, and notes what it replaced.
+    again = tmp_path / "masks" / "unet.safetensors"
+    argv = ["train", "mask-estimator", "--weights", str(out), "--variant", "colored_mnist", "--data-root", mnist_root]
+    argv += ["--out", str(again), "--steps", "2", "--batch-size", "4", "--width", "4", "--arch", "unet"]
+    assert main([*argv, "--threads", "1", "--no-progress"]) == 0
+    replaced = load_checkpoint(again).meta["recipe"]
+    assert replaced["arch"] == "unet" and replaced["generator"]["recipe"] == {"trainer": "test"}
+    assert replaced["generator"]["replaces_estimator"]["arch"] == "lite"
+    assert cfaug.load_backend("mnist", weights=again).mask_estimator_arch == "unet"
 
 
 def test_cli_errors(mnist_root, tmp_path, capsys):
