@@ -66,7 +66,7 @@ class WriterPool:
     Args:
         root: the dataset folder the relative paths are written under.
         threads: encoding threads; ``None`` reads ``writer_threads()``; 0 writes serially in ``submit``.
-        max_pending: groups submitted but not yet written before ``submit`` blocks; ``threads + 1`` by default.
+        max_pending: groups submitted but not yet written before ``submit`` blocks; ``2 * threads + 2`` by default.
         commit: writes one group's files (``commit_files``; replaceable for tests).
 
     Raises:
@@ -82,7 +82,9 @@ class WriterPool:
     ) -> None:
         self.root = Path(root)
         self.threads = writer_threads() if threads is None else check_positive_int(threads, "threads", allow_zero=True)
-        self.max_pending = self.threads + 1 if max_pending is None else check_positive_int(max_pending, "max_pending")
+        # Two groups per thread plus two: enough to ride out a slow commit (an fsync) without stopping generation.
+        default = 2 * self.threads + 2
+        self.max_pending = default if max_pending is None else check_positive_int(max_pending, "max_pending")
         self._commit = commit
         self._pid = os.getpid()
         self._executor: ThreadPoolExecutor | None = None

@@ -586,7 +586,7 @@ def _repair(
 
 
 #: PNG items per group handed to the writer pool (see ``_ChunkWriter._write_chunk``).
-_GROUP_ITEMS = 64
+_GROUP_ITEMS = 32
 #: One row of a record or of ``labels.csv``: index, shape, texture, background, seed, file, sha256.
 _Row = tuple[int, int, int, int, int, str, str]
 
@@ -707,8 +707,10 @@ class _ChunkWriter(Dataset):
     def _record_files(
         self, lo: int, hi: int, groups: list[tuple[Future[Sequence[ChunkFile]], list[_Row]]]
     ) -> list[ChunkFile]:
-        """The chunk's record, once every group is made: it goes last, so a chunk counts as done only once all its
-        files are complete on disk."""
+        """The chunk's record, made once every group is: it goes last, as a chunk is done only once all its files are.
+
+        Runs on a writer thread.
+        """
         for future, _ in groups:
             future.result()  # submitted before this task: taken by a writer thread first, never waiting behind it
         rows = [row for _, group in groups for row in group]
@@ -756,6 +758,31 @@ def _parse_rows(data: bytes, source: str) -> list[tuple[int, int, int, int, int,
     return rows  # type: ignore[return-value]
 
 
+class _FolderListing:
+    """Which files exist, from one directory listing per folder: a stat per PNG costs several times more.
+
+    Only the last folder's listing is kept: rows come in index order, so each folder is listed once, and memory
+    does not grow with the dataset (a PNG folder holds at most 1000 items).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.folder: str | None = None
+        self.names: frozenset[str] = frozenset()
+
+    def is_file(self, relpath: str) -> bool:
+        """Whether ``root/relpath`` is a file (or a link to one), as ``Path.is_file``; ``relpath`` uses ``/``."""
+        folder, _, name = relpath.rpartition("/")
+        if folder != self.folder:
+            try:
+                with os.scandir(self.root / folder) as entries:
+                    self.names = frozenset(entry.name for entry in entries if entry.is_file())
+            except (FileNotFoundError, NotADirectoryError):
+                self.names = frozenset()
+            self.folder = folder
+        return name in self.names
+
+
 def _finalize(root: Path) -> Path:
     parts = _read_ranges(root / "parts", "json")
     if not parts:
@@ -773,6 +800,10 @@ def _finalize(root: Path) -> Path:
             "with the same settings (for every missing range)."
         )
     body = bytearray(",".join(_LABEL_COLUMNS).encode() + b"\n")
+    # PNGs: one listing per folder of 1000; shards: one stat each (a listing of all shards would grow with size).
+    is_file = (
+        _FolderListing(root).is_file if settings["format"] == "png" else lambda relpath: (root / relpath).is_file()
+    )
     for lo, hi, path in covered:
         data = path.read_bytes()
         rows = _parse_rows(data, repr(str(path)))
@@ -780,7 +811,7 @@ def _finalize(root: Path) -> Path:
             raise SavedDatasetError(f"{str(path)!r} should list the indices {lo} to {hi - 1} in order, but does not.")
         check_rows(rows, lo, settings["format"], _width(size), num_classes, repr(str(path)))
         for relpath in sorted({row[5] for row in rows}):
-            if not (root / relpath).is_file():
+            if not is_file(relpath):
                 raise SavedDatasetError(f"{str(root / relpath)!r}, listed in {str(path)!r}, is missing.")
         body += data.split(b"\n", 1)[1]
     with atomic_write(root / _LABELS) as handle:
