@@ -585,6 +585,12 @@ def _repair(
     return tuple(repaired)
 
 
+#: Data files (PNGs, shards) are renamed into place without an fsync of their own. The chunk's record is synced
+#: and carries every file's sha256, which loading, ``verify`` and the repair pass of the next save check, so the
+#: record is the commit point: a file that a power loss left incomplete fails its sha256 and is written again.
+#: An fsync per small PNG costs 3x its encoding; one per shard stalls the committer (and the end of every save)
+#: for a disk round trip, which on a busy disk takes far longer than making the shard.
+_DATA_FILES_SYNCED = False
 #: PNG items per group handed to the writer pool (see ``_ChunkWriter._write_chunk``).
 _GROUP_ITEMS = 32
 #: One row of a record or of ``labels.csv``: index, shape, texture, background, seed, file, sha256.
@@ -681,9 +687,7 @@ class _ChunkWriter(Dataset):
         for info, image in items:
             data = _encode_png(image)
             relpath = _png_relpath(info.index, self.width)
-            # fsync per small file costs 3x the encoding; the chunk's record is synced and carries every file's
-            # sha256, which loading verifies, so it is the commit point.
-            files.append((relpath, data, False))
+            files.append((relpath, data, _DATA_FILES_SYNCED))
             rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))
         return files
 
@@ -702,7 +706,7 @@ class _ChunkWriter(Dataset):
         relpath = _shard_relpath(lo, hi, self.width)
         digest = hashlib.sha256(data).hexdigest()
         rows += [(*_info_row(info), relpath, digest) for info in infos]
-        return [(relpath, data, True)]
+        return [(relpath, data, _DATA_FILES_SYNCED)]
 
     def _record_files(
         self, lo: int, hi: int, groups: list[tuple[Future[Sequence[ChunkFile]], list[_Row]]]
