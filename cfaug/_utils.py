@@ -119,7 +119,9 @@ def _create_temporary(path: Path) -> tuple[int, str]:
     try finds it missing: most writes go into an existing folder, and a ``mkdir`` each time costs a system call.
     """
     folder = os.fspath(path.parent)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for flag in ("O_BINARY", "O_NOINHERIT", "O_CLOEXEC"):  # as mkstemp: bytes as written, not inherited
+        flags |= getattr(os, flag, 0)
     made_folder = False
     for _ in range(100):
         name = os.path.join(folder, f".{path.name}.{os.urandom(6).hex()}.tmp")
