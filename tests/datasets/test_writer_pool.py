@@ -253,3 +253,15 @@ def test_finalize_refuses_a_record_whose_png_is_missing_or_a_folder(tmp_path, mo
     (images / "000013.png").mkdir()  # a folder where a file should be
     with pytest.raises(store.SavedDatasetError, match=r"000013.png'.*is missing"):
         store.finalize(root)
+
+
+def test_commit_files_makes_missing_folders_and_leaves_ordinary_permissions(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        _writer.commit_files(tmp_path, [("images/000001/001000.png", b"png", False), ("records/a.csv", b"csv", True)])
+        _writer.commit_files(tmp_path, [("images/000001/001000.png", b"again", False)])  # over an existing file
+    finally:
+        os.umask(umask)
+    assert tree(tmp_path) == {"images/000001/001000.png": b"again", "records/a.csv": b"csv"}
+    assert {path.stat().st_mode & 0o777 for path in tmp_path.rglob("*") if path.is_file()} == {0o640}
+    assert not [path for path in tmp_path.rglob(".*") if path.is_file()], "no temporary file is left behind"
