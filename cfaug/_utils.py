@@ -7,7 +7,6 @@ import hashlib
 import importlib
 import math
 import os
-import tempfile
 from collections.abc import Generator, Iterable
 from pathlib import Path
 from types import ModuleType
@@ -97,12 +96,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = T
     path = Path(path)
     if path.is_dir():  # refused before a temporary file is written beside it
         raise IsADirectoryError(f"{str(path)!r} is a folder; expected the path of a file to write.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp creates the file private (0600); give it the permissions an ordinary open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)
+    fd, tmp_name = _create_temporary(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -114,6 +108,33 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = T
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """Create ``.<name>.<random>.tmp`` beside ``path`` (and its folder if needed); returns its descriptor and path.
+
+    Opened with mode 0666 like an ordinary ``open()``, so the process umask gives the usual permissions. (mkstemp
+    makes the file 0600, and reading the umask to widen it again means setting it: the umask is process-wide,
+    so another thread creating a file meanwhile would get none.) The parent folder is made only when the first
+    try finds it missing: most writes go into an existing folder, and a ``mkdir`` each time costs a system call.
+    """
+    folder = os.fspath(path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    for flag in ("O_BINARY", "O_NOINHERIT", "O_CLOEXEC"):  # as mkstemp: bytes as written, not inherited
+        flags |= getattr(os, flag, 0)
+    made_folder = False
+    for _ in range(100):
+        name = os.path.join(folder, f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue  # 48 random bits already taken: another name
+        except FileNotFoundError:
+            if made_folder:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made_folder = True
+    raise FileExistsError(f"No free temporary name beside {str(path)!r} after 100 tries.")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

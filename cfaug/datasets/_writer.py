@@ -1,15 +1,15 @@
 """The writer pool of ``CounterfactualDataset.save``: encoding on threads, one committer that writes in order.
 
-``save`` generates a chunk, hands the making of its files (PNG or safetensors bytes, the sha256 of each, the
-record's CSV) to a thread, and goes on generating the next chunk while that one is encoded. A single committer
-thread writes the chunks in the order they were submitted, each chunk's files before its record, as the serial
-writer does: the bytes, the order of the commits and what an interrupted save leaves behind (whole chunks, each
-with its record, then at most files without a record, which a resumed save writes again) are those of the serial
-writer. The queue is bounded: at most ``max_pending`` chunks are generated but not yet written, and generation
-waits when writing falls behind.
+``save`` hands the making of each group of files (PNG or safetensors bytes, the sha256 of each, a chunk's record
+CSV) to a thread as soon as the items are generated, and goes on generating while they are encoded. A single
+committer thread writes the groups in the order they were submitted, a chunk's files before its record, as the
+serial writer does: the bytes, the order of the commits and what an interrupted save leaves behind (whole chunks,
+each with its record, then at most files without a record, which a resumed save writes again) are those of the
+serial writer. The queue is bounded: at most ``max_pending`` groups are submitted but not yet written, and
+generation waits when writing falls behind.
 
 ``$CFAUG_WRITER_THREADS`` sets the number of encoding threads (default ``min(4, CPU count)``); ``0`` gives the
-serial writer, which makes and writes each chunk in the caller's thread before ``submit`` returns. DataLoader
+serial writer, which makes and writes each group in the caller's thread before ``submit`` returns. DataLoader
 workers (``save(num_workers=...)``) always write serially: they run in parallel already.
 """
 
@@ -50,24 +50,24 @@ def writer_threads() -> int:
 
 
 def commit_files(root: Path, files: Sequence[ChunkFile]) -> None:
-    """Write the files of one chunk atomically, in order (the record last)."""
+    """Write one group of files atomically, in order."""
     for relpath, data, fsync in files:
         with atomic_write(root / relpath, fsync=fsync) as handle:
             handle.write(data)
 
 
 class WriterPool:
-    """Make chunk files on worker threads and write them, in submission order, from one committer thread.
+    """Make groups of files on worker threads and write them, in submission order, from one committer thread.
 
-    Use it as a context manager: leaving the block waits until every submitted chunk is written, also when the
+    Use it as a context manager: leaving the block waits until every submitted group is written, also when the
     block raises (chunks generated before a crash are kept, as the serial writer keeps them). An error while
-    making or writing a chunk stops further writes and is raised by the next ``submit`` or on leaving the block.
+    making or writing a group stops further writes and is raised by the next ``submit`` or on leaving the block.
 
     Args:
         root: the dataset folder the relative paths are written under.
         threads: encoding threads; ``None`` reads ``writer_threads()``; 0 writes serially in ``submit``.
-        max_pending: chunks submitted but not yet written before ``submit`` blocks; ``threads + 1`` by default.
-        commit: writes one chunk's files (``commit_files``; replaceable for tests).
+        max_pending: groups submitted but not yet written before ``submit`` blocks; ``2 * threads + 2`` by default.
+        commit: writes one group's files (``commit_files``; replaceable for tests).
 
     Raises:
         TypeError, ValueError: ``threads`` or ``max_pending`` is not a valid count.
@@ -82,7 +82,9 @@ class WriterPool:
     ) -> None:
         self.root = Path(root)
         self.threads = writer_threads() if threads is None else check_positive_int(threads, "threads", allow_zero=True)
-        self.max_pending = self.threads + 1 if max_pending is None else check_positive_int(max_pending, "max_pending")
+        # Two groups per thread plus two: enough to ride out a slow commit (an fsync) without stopping generation.
+        default = 2 * self.threads + 2
+        self.max_pending = default if max_pending is None else check_positive_int(max_pending, "max_pending")
         self._commit = commit
         self._pid = os.getpid()
         self._executor: ThreadPoolExecutor | None = None
@@ -100,19 +102,27 @@ class WriterPool:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["root"], threads=0, commit=state["commit"])  # type: ignore[misc]
 
-    def submit(self, make_files: Callable[[], Sequence[ChunkFile]], done: Callable[[], None] = lambda: None) -> None:
-        """Queue one chunk: ``make_files()`` runs on a worker thread, its files are then written in order.
+    def submit(
+        self, make_files: Callable[[], Sequence[ChunkFile]], done: Callable[[], None] = lambda: None
+    ) -> Future[Sequence[ChunkFile]]:
+        """Queue one group of files: ``make_files()`` runs on a worker thread, its files are then written in order.
 
-        Blocks while ``max_pending`` chunks are waiting. With ``threads=0``, or in a process forked from the one
+        Blocks while ``max_pending`` groups are waiting. With ``threads=0``, or in a process forked from the one
         that made the pool (a DataLoader worker, whose item must be on disk before it is handed back), makes and
-        writes the chunk now. ``done()`` runs once the chunk is written or has failed, whatever happens: ``save``
-        releases the chunk's claim there, so that no other writer takes a chunk that is still being written.
+        writes the group now. ``done()`` runs once the group is written or has failed, whatever happens: ``save``
+        releases a chunk's claim there, so that no other writer takes a chunk that is still being written.
+
+        Returns:
+            The future of ``make_files()``. A later group's ``make_files`` may wait for it (it was taken by a
+            worker thread first), never a group submitted before it.
         """
         try:
             if self.threads == 0 or os.getpid() != self._pid:
-                self._commit(self.root, make_files())
+                future: Future[Sequence[ChunkFile]] = Future()
+                future.set_result(make_files())
+                self._commit(self.root, future.result())
                 done()
-                return
+                return future
             self._raise_error()
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="cfaug-encode")
@@ -122,7 +132,9 @@ class WriterPool:
         except BaseException:
             done()
             raise
-        self._queue.put((self._executor.submit(make_files), done))
+        future = self._executor.submit(make_files)
+        self._queue.put((future, done))
+        return future
 
     def _run_committer(self) -> None:
         while (item := self._queue.get()) is not None:

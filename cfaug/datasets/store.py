@@ -35,7 +35,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -584,6 +585,17 @@ def _repair(
     return tuple(repaired)
 
 
+#: Data files (PNGs, shards) are renamed into place without an fsync of their own. The chunk's record is synced
+#: and carries every file's sha256, which loading, ``verify`` and the repair pass of the next save check, so the
+#: record is the commit point: a file that a power loss left incomplete fails its sha256 and is written again.
+#: An fsync per small PNG costs 3x its encoding; one per shard stalls the committer (and the end of every save)
+#: for a disk round trip, which on a busy disk takes far longer than making the shard.
+_DATA_FILES_SYNCED = False
+#: PNG items per group handed to the writer pool (see ``_ChunkWriter._write_chunk``).
+_GROUP_ITEMS = 32
+#: One row of a record or of ``labels.csv``: index, shape, texture, background, seed, file, sha256.
+_Row = tuple[int, int, int, int, int, str, str]
+
 _DISK_FULL = -1  # what a chunk writer in a DataLoader worker returns for ENOSPC (errno is lost on the way back)
 
 
@@ -622,52 +634,95 @@ class _ChunkWriter(Dataset):
     def _record(self, lo: int, hi: int) -> Path:
         return self.root / "records" / _range_name(lo, hi, self.width, "csv")
 
-    def _images(self, infos: list[CounterfactualInfo]) -> list[torch.Tensor]:
-        # Batches cut on absolute multiples of batch_size: the same items share a batch however the work is split.
-        images: list[torch.Tensor] = []
+    def _batches(self, infos: list[CounterfactualInfo]) -> Iterator[tuple[list[CounterfactualInfo], torch.Tensor]]:
+        """The chunk's items and their uint8 images, one backend batch at a time.
+
+        Batches are cut on absolute multiples of batch_size: the same items share a batch however the work is split.
+        """
         begin = 0
         while begin < len(infos):
             cut = (infos[begin].index // self.batch_size + 1) * self.batch_size
             end = begin + min(len(infos) - begin, cut - infos[begin].index)
-            images += list(_to_uint8(self.dataset._generate_batch(infos[begin:end]).image))
+            yield infos[begin:end], _to_uint8(self.dataset._generate_batch(infos[begin:end]).image)
             begin = end
-        return images
 
     def _write_chunk(self, lo: int, hi: int, release: Callable[[], None]) -> None:
-        """Generate items ``[lo, hi)`` and hand their files, then their record, to the pool; ``release()`` after."""
+        """Generate items ``[lo, hi)`` and hand their files, then their record, to the pool; ``release()`` after.
+
+        PNG files go to the pool in groups of ``_GROUP_ITEMS`` as soon as they are generated, so that they are
+        encoded and written while the rest of the chunk is generated, and a save's last chunk leaves little to
+        do once generation ends; a shard needs the whole chunk. The record follows the chunk's last group.
+        """
+        # Each group's rows, filled by its task on a writer thread; read by the record's task once they are done.
+        groups: list[tuple[Future[Sequence[ChunkFile]], list[_Row]]] = []
+
+        def submit(make: Callable[[list[_Row]], Sequence[ChunkFile]]) -> None:
+            rows: list[_Row] = []
+            groups.append((self.pool.submit(functools.partial(make, rows)), rows))
+
         try:
             infos = [self.dataset.info(i) for i in range(lo, hi)]
-            images = self._images(infos)
+            pending: list[tuple[CounterfactualInfo, torch.Tensor]] = []
+            for batch_infos, images in self._batches(infos):
+                pending += zip(batch_infos, images, strict=True)
+                while self.fmt == "png" and len(pending) >= _GROUP_ITEMS:
+                    submit(functools.partial(self._png_files, pending[:_GROUP_ITEMS]))
+                    del pending[:_GROUP_ITEMS]
+            if self.fmt == "png":
+                if pending:
+                    submit(functools.partial(self._png_files, pending))
+            else:
+                submit(functools.partial(self._shard_files, lo, hi, pending))
         except BaseException:
-            release()
+            # Released after the groups already queued are written (their files wait for a later save's record);
+            # a pool that failed releases at once and raises its error here, but the first error is the one to tell.
+            with contextlib.suppress(Exception):
+                self.pool.submit(_no_files, done=release)
             raise
-        self.pool.submit(lambda: self._files(lo, hi, infos, images), done=release)
+        self.pool.submit(functools.partial(self._record_files, lo, hi, groups), done=release)
 
-    def _files(self, lo: int, hi: int, infos: list[CounterfactualInfo], images: list[torch.Tensor]) -> list[ChunkFile]:
-        """The chunk's files in the order they are written, its record last (runs on a writer thread)."""
-        rows, files = [], []
-        if self.fmt == "png":
-            for info, image in zip(infos, images, strict=True):
-                data = _encode_png(image)
-                relpath = _png_relpath(info.index, self.width)
-                # fsync per small file costs 3x the encoding; the chunk's record below is synced and carries
-                # every file's sha256, which loading verifies, so it is the commit point.
-                files.append((relpath, data, False))
-                rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))
-        else:
+    def _png_files(self, items: list[tuple[CounterfactualInfo, torch.Tensor]], rows: list[_Row]) -> list[ChunkFile]:
+        """One PNG per item, in index order, with their rows (runs on a writer thread)."""
+        files = []
+        for info, image in items:
+            data = _encode_png(image)
+            relpath = _png_relpath(info.index, self.width)
+            files.append((relpath, data, _DATA_FILES_SYNCED))
+            rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))
+        return files
 
-            def column(name: str) -> torch.Tensor:
-                return torch.tensor([getattr(info, name) for info in infos], dtype=torch.int64)
+    def _shard_files(
+        self, lo: int, hi: int, items: list[tuple[CounterfactualInfo, torch.Tensor]], rows: list[_Row]
+    ) -> list[ChunkFile]:
+        """The chunk's safetensors shard and its rows (runs on a writer thread)."""
+        infos = [info for info, _ in items]
 
-            tensors = {"images": torch.stack(images), **{name: column(name) for name in _LABEL_COLUMNS[:5]}}
-            # No metadata dict: the header, hence the file's bytes and sha256, depend only on the tensors.
-            data = _safetensors_save(tensors)
-            relpath = _shard_relpath(lo, hi, self.width)
-            files.append((relpath, data, True))
-            digest = hashlib.sha256(data).hexdigest()
-            rows = [(*_info_row(info), relpath, digest) for info in infos]
-        # The record goes last: a chunk counts as done only once all its files are complete on disk.
-        return [*files, (str(self._record(lo, hi).relative_to(self.root)), _csv_bytes(rows), True)]
+        def column(name: str) -> torch.Tensor:
+            return torch.tensor([getattr(info, name) for info in infos], dtype=torch.int64)
+
+        tensors = {"images": torch.stack([image for _, image in items]), **{n: column(n) for n in _LABEL_COLUMNS[:5]}}
+        # No metadata dict: the header, hence the file's bytes and sha256, depend only on the tensors.
+        data = _safetensors_save(tensors)
+        relpath = _shard_relpath(lo, hi, self.width)
+        digest = hashlib.sha256(data).hexdigest()
+        rows += [(*_info_row(info), relpath, digest) for info in infos]
+        return [(relpath, data, _DATA_FILES_SYNCED)]
+
+    def _record_files(
+        self, lo: int, hi: int, groups: list[tuple[Future[Sequence[ChunkFile]], list[_Row]]]
+    ) -> list[ChunkFile]:
+        """The chunk's record, made once every group is: it goes last, as a chunk is done only once all its files are.
+
+        Runs on a writer thread.
+        """
+        for future, _ in groups:
+            future.result()  # submitted before this task: taken by a writer thread first, never waiting behind it
+        rows = [row for _, group in groups for row in group]
+        return [(str(self._record(lo, hi).relative_to(self.root)), _csv_bytes(rows), True)]
+
+
+def _no_files() -> Sequence[ChunkFile]:
+    return ()
 
 
 def _info_row(info: CounterfactualInfo) -> tuple[int, int, int, int, int]:
@@ -707,6 +762,31 @@ def _parse_rows(data: bytes, source: str) -> list[tuple[int, int, int, int, int,
     return rows  # type: ignore[return-value]
 
 
+class _FolderListing:
+    """Which files exist, from one directory listing per folder: a stat per PNG costs several times more.
+
+    Only the last folder's listing is kept: rows come in index order, so each folder is listed once, and memory
+    does not grow with the dataset (a PNG folder holds at most 1000 items).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.folder: str | None = None
+        self.names: frozenset[str] = frozenset()
+
+    def is_file(self, relpath: str) -> bool:
+        """Whether ``root/relpath`` is a file (or a link to one), as ``Path.is_file``; ``relpath`` uses ``/``."""
+        folder, _, name = relpath.rpartition("/")
+        if folder != self.folder:
+            try:
+                with os.scandir(self.root / folder) as entries:
+                    self.names = frozenset(entry.name for entry in entries if entry.is_file())
+            except (FileNotFoundError, NotADirectoryError):
+                self.names = frozenset()
+            self.folder = folder
+        return name in self.names
+
+
 def _finalize(root: Path) -> Path:
     parts = _read_ranges(root / "parts", "json")
     if not parts:
@@ -724,6 +804,10 @@ def _finalize(root: Path) -> Path:
             "with the same settings (for every missing range)."
         )
     body = bytearray(",".join(_LABEL_COLUMNS).encode() + b"\n")
+    # PNGs: one listing per folder of 1000; shards: one stat each (a listing of all shards would grow with size).
+    is_file = (
+        _FolderListing(root).is_file if settings["format"] == "png" else lambda relpath: (root / relpath).is_file()
+    )
     for lo, hi, path in covered:
         data = path.read_bytes()
         rows = _parse_rows(data, repr(str(path)))
@@ -731,7 +815,7 @@ def _finalize(root: Path) -> Path:
             raise SavedDatasetError(f"{str(path)!r} should list the indices {lo} to {hi - 1} in order, but does not.")
         check_rows(rows, lo, settings["format"], _width(size), num_classes, repr(str(path)))
         for relpath in sorted({row[5] for row in rows}):
-            if not (root / relpath).is_file():
+            if not is_file(relpath):
                 raise SavedDatasetError(f"{str(root / relpath)!r}, listed in {str(path)!r}, is missing.")
         body += data.split(b"\n", 1)[1]
     with atomic_write(root / _LABELS) as handle:

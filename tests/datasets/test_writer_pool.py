@@ -184,3 +184,84 @@ def test_writer_threads_setting(monkeypatch):
     with pytest.raises(ValueError, match="max_pending"):
         WriterPool(".", threads=1, max_pending=0)
     assert _writer.commit_files is WriterPool(".", threads=0)._commit
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_groups_cut_across_batches_and_chunks_give_the_serial_bytes(tmp_path, monkeypatch, fmt):
+    # PNGs go to the pool in groups (3 items here) that straddle batches (4) and end with each chunk (10).
+    monkeypatch.setattr(store, "_GROUP_ITEMS", 3)
+    submitted: list[int] = []
+    original = WriterPool.submit
+
+    def counting(self, make_files, done=lambda: None):
+        submitted.append(1)
+        return original(self, make_files, done)
+
+    monkeypatch.setattr(WriterPool, "submit", counting)
+    assert save(tmp_path / "pool", fmt, 2, monkeypatch, start=1, chunk_size=10, batch_size=4) is False
+    # Chunks [1, 10), [10, 20), [20, 23): PNG groups of 3 (a chunk's last one shorter) or one shard, then a record.
+    assert len(submitted) == ((3 + 1) + (4 + 1) + (1 + 1) if fmt == "png" else 3 * (1 + 1))
+    save(tmp_path / "serial", fmt, 0, monkeypatch, start=1, chunk_size=10, batch_size=4)
+    assert tree(tmp_path / "pool") == tree(tmp_path / "serial")
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_generation_error_mid_chunk_keeps_the_queued_groups_and_the_save_resumes(tmp_path, monkeypatch, threads):
+    monkeypatch.setattr(store, "_GROUP_ITEMS", 2)
+    data = CounterfactualDataset("toy", size=23, seed=4, target="all")
+    sample, calls = data.backend.sample, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:  # item 6, the third of the second chunk: the group of items 4 and 5 is queued
+            raise RuntimeError("simulated generation error")
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(data.backend, "sample", failing)
+    monkeypatch.setenv(WRITER_THREADS_ENV, str(threads))
+    root = tmp_path / "cf"
+    with pytest.raises(RuntimeError, match="simulated generation error"):
+        data.save(root, "png", chunk_size=4, progress=False)
+    assert sorted(path.name for path in (root / "records").iterdir()) == ["000000-000004.csv"]
+    # The second chunk's first group was written without a record; a resumed save writes the chunk again.
+    assert (root / "images" / "000000" / "000004.png").is_file()
+    monkeypatch.setattr(data.backend, "sample", sample)
+    assert data.save(root, "png", chunk_size=4, progress=False) is True
+    assert save(tmp_path / "serial", "png", 0, monkeypatch, chunk_size=4) is True
+    assert tree(root) == tree(tmp_path / "serial")
+
+
+def test_a_shard_lost_after_its_record_was_synced_is_written_again(tmp_path, monkeypatch):
+    # Shards, like PNGs, are renamed into place unsynced; the synced record's sha256 is the commit point. A power
+    # loss can leave a shard empty under its name: the next save's check finds it and writes the chunk again.
+    assert save(tmp_path / "cf", "safetensors", 2, monkeypatch, chunk_size=4) is True
+    (tmp_path / "cf" / "shards" / "000004-000008.safetensors").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"1 finished chunk\(s\).*\[4, 8\).*000004-000008.safetensors"):
+        assert save(tmp_path / "cf", "safetensors", 2, monkeypatch, chunk_size=4) is True
+    assert save(tmp_path / "serial", "safetensors", 0, monkeypatch, chunk_size=4) is True
+    assert tree(tmp_path / "cf") == tree(tmp_path / "serial")
+
+
+def test_finalize_refuses_a_record_whose_png_is_missing_or_a_folder(tmp_path, monkeypatch):
+    root = tmp_path / "cf"
+    assert save(root, "png", 2, monkeypatch, stop=12, chunk_size=4) is False
+    assert save(root, "png", 2, monkeypatch, start=12, chunk_size=4) is True
+    images = root / "images" / "000000"
+    (images / "000013.png").unlink()
+    with pytest.raises(store.SavedDatasetError, match=r"000013.png'.*is missing"):
+        store.finalize(root)
+    (images / "000013.png").mkdir()  # a folder where a file should be
+    with pytest.raises(store.SavedDatasetError, match=r"000013.png'.*is missing"):
+        store.finalize(root)
+
+
+def test_commit_files_makes_missing_folders_and_leaves_ordinary_permissions(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        _writer.commit_files(tmp_path, [("images/000001/001000.png", b"png", False), ("records/a.csv", b"csv", True)])
+        _writer.commit_files(tmp_path, [("images/000001/001000.png", b"again", False)])  # over an existing file
+    finally:
+        os.umask(umask)
+    assert tree(tmp_path) == {"images/000001/001000.png": b"again", "records/a.csv": b"csv"}
+    assert {path.stat().st_mode & 0o777 for path in tmp_path.rglob("*") if path.is_file()} == {0o640}
+    assert not [path for path in tmp_path.rglob(".*") if path.is_file()], "no temporary file is left behind"
