@@ -45,7 +45,7 @@ from torchvision.transforms import v2
 
 import cfaug
 from cfaug.backends.mnist import MASK_CLAMP, MnistBackend
-from cfaug.datasets._writer import WRITER_THREADS_ENV
+from cfaug.datasets._writer import WRITER_THREADS_ENV, writer_threads
 from cfaug.functional import composite
 from cfaug.transforms import CounterfactualAugment
 
@@ -245,9 +245,11 @@ def save_rows(checkpoint: Path, images: int, batch_size: int) -> list[Row]:
     dataset = cfaug.CounterfactualDataset("mnist", weights=checkpoint, size=images, seed=0)
     runs: dict[str, list[float]] = {}
     labels = {"generate": f"generation of the saved items (`backend.sample`, {images} images)"}
+    os.environ.pop(WRITER_THREADS_ENV, None)  # the pool rows run with the default number of threads
+    pool = writer_threads()
     for fmt in ("png", "safetensors"):
-        for threads in ("2", "0"):
-            writer = "writer pool, 2 threads" if threads == "2" else "serial writer"
+        for threads in ("pool", "0"):
+            writer = f"writer pool, {pool} thread{'s' if pool > 1 else ''}" if threads == "pool" else "serial writer"
             labels[f"{fmt}-{threads}"] = f"`CounterfactualDataset.save`, {fmt}, {writer} ({images} images)"
 
     def generate() -> None:
@@ -263,7 +265,10 @@ def save_rows(checkpoint: Path, images: int, batch_size: int) -> list[Row]:
                     generate()
                 else:
                     fmt, threads = key.split("-")
-                    os.environ[WRITER_THREADS_ENV] = threads
+                    if threads == "pool":
+                        os.environ.pop(WRITER_THREADS_ENV, None)
+                    else:
+                        os.environ[WRITER_THREADS_ENV] = threads
                     dataset.save(Path(folder) / f"{key}-{round_}", fmt, batch_size=batch_size, progress=False)
                 if round_ >= 0:
                     runs.setdefault(key, []).append(images / (time.perf_counter() - start))

@@ -175,7 +175,10 @@ def test_committer_writes_in_submission_order_and_the_queue_is_bounded(tmp_path)
 
 def test_writer_threads_setting(monkeypatch):
     monkeypatch.delenv(WRITER_THREADS_ENV, raising=False)
-    assert writer_threads() == min(4, os.cpu_count() or 1)
+    # One core is left to generation, at least one thread, at most four.
+    for cores, threads in ((1, 1), (2, 1), (3, 2), (16, 4), (None, 1)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert writer_threads() == threads
     monkeypatch.setenv(WRITER_THREADS_ENV, "0")
     assert writer_threads() == 0 and WriterPool(".").threads == 0
     monkeypatch.setenv(WRITER_THREADS_ENV, "two")
