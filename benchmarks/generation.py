@@ -233,12 +233,14 @@ def mask_rows(backend: MnistBackend, seconds: float) -> list[Row]:
     return rows
 
 
-def save_rows(checkpoint: Path, images: int, batch_size: int) -> list[Row]:
+def save_rows(checkpoint: Path, images: int, batch_size: int, save_dir: Path | None = None) -> list[Row]:
     """``CounterfactualDataset.save`` (pool and serial writer, both formats) against generating the same items.
 
     Each round generates the ``images`` items in batches of ``batch_size`` as ``save`` does (uint8 on the CPU,
     nothing written), then saves them into a fresh folder with each writer and format; ``SAVE_ROUNDS`` rounds, so that
-    every row sees the same load. ``chunk_size`` is 256 (the default).
+    every row sees the same load. ``chunk_size`` is 256 (the default). The saves go to a temporary folder in
+    ``save_dir`` (``None``: the system's temporary folder); creating small files costs very different times on
+    different folders and file systems.
     """
     from cfaug.datasets.store import _to_uint8
 
@@ -257,7 +259,7 @@ def save_rows(checkpoint: Path, images: int, batch_size: int) -> list[Row]:
         for begin in range(0, images, batch_size):
             _to_uint8(dataset._generate_batch(infos[begin : begin + batch_size]).image)
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory(dir=save_dir) as folder:
         for round_ in range(-1, SAVE_ROUNDS):  # round -1 is a warm-up
             for key in labels:
                 start = time.perf_counter()
@@ -305,6 +307,9 @@ def main() -> None:
     parser.add_argument("--reuse", type=int, nargs="*", default=[1, 4], help="bank reuse values of the DataLoader rows")
     parser.add_argument("--save-images", type=int, default=2048, help="images per save in the save rows")
     parser.add_argument("--save-batch", type=int, default=64, help="batch size of the save rows")
+    parser.add_argument(
+        "--save-dir", type=Path, default=None, help="where the save rows write (default: the system's temporary folder)"
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "generation_cpu.txt")
     parser.add_argument(
         "--rows",
@@ -351,7 +356,7 @@ def main() -> None:
         if "mask" in groups:
             rows += mask_rows(backend, args.seconds)
         if "save" in groups:
-            saves = save_rows(checkpoint, args.save_images, args.save_batch)
+            saves = save_rows(checkpoint, args.save_images, args.save_batch, args.save_dir)
             rows += saves
 
     def median(row: Row) -> float:
@@ -383,7 +388,8 @@ def main() -> None:
     if saves:
         lines += [
             "",
-            f"Save against generation at batch {args.save_batch} (target >= 0.9):",
+            f"Save against generation at batch {args.save_batch}, into "
+            f"{args.save_dir if args.save_dir is not None else tempfile.gettempdir()} (target >= 0.9):",
             *(f"- {row.label}: {median(row) / median(saves[0]):.2f}" for row in saves[1:]),
         ]
     text = "\n".join(lines)
