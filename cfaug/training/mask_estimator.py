@@ -104,6 +104,7 @@ def _with_estimator(source: MnistBackend, width: int, arch: str) -> MnistBackend
         raise RuntimeError(f"Copying the generator failed: missing {left_out}, unexpected {result.unexpected_keys}.")
     model.weights_name = source.weights_name
     model.provenance = source.provenance
+    model.default_shape = source.default_shape  # a property of the generator's counterfactuals, kept with it
     return model
 
 

@@ -73,6 +73,12 @@ def trained() -> tuple[MnistBackend, MnistBackend]:
 
 
 # ------------------------------------------------------------------------------------------- training
+def test_training_keeps_the_generators_default_shape():
+    source = tiny_backend()
+    source.default_shape = "real"
+    assert train_mask_estimator(source, **FAST).default_shape == "real"
+
+
 def test_training_changes_the_estimator_and_not_the_generator(trained):
     source, result = trained
     assert result is not source and source.mask_net is None  # the source is not modified
