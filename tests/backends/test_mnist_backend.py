@@ -81,7 +81,9 @@ def test_architecture_matches_the_authors_layout():
 def test_mask_estimator_is_separate_from_the_generator():
     backend = MnistBackend(mask_estimator=True)
     assert sum(p.numel() for p in backend.generator_parameters()) == 659_992
-    assert 50_000 <= sum(p.numel() for p in backend.mask_net.parameters()) <= 150_000
+    assert sum(p.numel() for p in backend.mask_net.parameters()) == 31_844  # the lite estimator, width 16
+    unet = MnistBackend(mask_estimator=True, mask_estimator_arch="unet")
+    assert sum(p.numel() for p in unet.mask_net.parameters()) == 130_161
     assert "mask_estimator_trained" in backend.state_dict()
     assert backend.arch_config()["mask_estimator"] is True
 
