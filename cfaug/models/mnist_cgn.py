@@ -161,7 +161,7 @@ class LiteMaskEstimator(nn.Module):
     each 2x2 block of pixels into channels (``pixel_unshuffle``, lossless), works at half and quarter resolution,
     comes back up by a 1x1 convolution and a pixel shuffle whose output is *added* to the half-resolution features,
     and predicts each 2x2 block of the mask from the features of its cell (a 1x1 convolution to 4 channels, then
-    ``pixel_shuffle``). At ``width=16`` that is about 3.3M multiply-adds and 31k parameters, with a receptive
+    ``pixel_shuffle``). At ``width=16`` that is about 3.2M multiply-adds and 32k parameters, with a receptive
     field of 30 pixels, enough to see a whole digit. ``S`` must be divisible by 4.
 
     Args:
