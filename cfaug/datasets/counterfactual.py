@@ -35,20 +35,15 @@ from torchvision.datasets import VisionDataset
 from cfaug._utils import check_positive_int, check_probability, verify_str_arg
 from cfaug.backends.base import Backend, Components
 from cfaug.datasets._folder import read_inside
+from cfaug.datasets._layout import _LABELS, _MANIFEST, _decode_png, _parse_rows, _read_json, _width
 from cfaug.datasets.store import (
-    _LABELS,
-    _MANIFEST,
     DATASET_FORMAT_VERSION,
     SAVE_FORMATS,
     TARGETS,
     SavedDatasetError,
     SaveReport,
-    _decode_png,
     _parameters_sha256,
-    _parse_rows,
-    _read_json,
     _read_ranges,
-    _width,
     check_manifest,
     check_range,
     check_rows,
