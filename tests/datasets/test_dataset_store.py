@@ -39,17 +39,62 @@ RESUMED_BY_OLD_CODE = {
 }
 
 
+#: The fixtures were written with the ``colored_mnist`` weights cfaug shipped first, whose mask estimator was a
+#: U-Net. Those weights were replaced by the same generator with a lite estimator: images, shards and records are
+#: unchanged, and the JSON files differ only in these fields, which name the weights. The tests compare JSON files
+#: with these fields set back to the fixtures' values, and resume a copy whose fields name the current weights.
+FIXTURE_WEIGHTS = {
+    "arch": {
+        "class_names": [str(digit) for digit in range(10)],
+        "image_size": 32,
+        "latent_dim": 32,
+        "mask_estimator": True,
+        "mask_estimator_width": 16,
+        "ngf": 32,
+        "num_classes": 10,
+    },
+    "parameters_sha256": "6705d3420444cbf979234b726dc33c4713fae8919633da10993d816b3be5dd13",
+    "weights_sha256": "80d9a6dea6a5bb169421cfee0ca72ec9dce8a5e35fce17de86dbc9c59ca91462",
+}
+
+
 def _dataset() -> CounterfactualDataset:
     return CounterfactualDataset("mnist", weights="colored_mnist", size=3, seed=3, target="all")
 
 
-def _tree(root: Path) -> dict[str, str]:
+def _json_bytes(value: dict) -> bytes:
+    """A JSON file as the store writes it."""
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _with_weights(path: Path, weights: dict) -> bytes:
+    """The bytes of ``path``; for a JSON file that names weights, with ``weights``' fields in their place."""
+    data = path.read_bytes()
+    if path.suffix != ".json":
+        return data
+    value = json.loads(data)
+    if not FIXTURE_WEIGHTS.keys() <= value.keys():
+        return data
+    return _json_bytes({**value, **weights})
+
+
+def _tree(root: Path, weights: dict | None = None) -> dict[str, str]:
+    """sha256 of every file; with ``weights``, of the JSON files as if they named those weights."""
     # The writers' lock files (empty, new since the fixtures were written) are left out.
     return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        p.relative_to(root).as_posix(): hashlib.sha256(
+            p.read_bytes() if weights is None else _with_weights(p, weights)
+        ).hexdigest()
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name not in (".cfaug.lock", ".cfaug.claims")
     }
+
+
+def _current_weights(tmp_path: Path) -> dict:
+    """The weights fields that a save with the current ``colored_mnist`` weights writes."""
+    _dataset().save(tmp_path / "reference", "png", chunk_size=2, progress=False)
+    manifest = json.loads((tmp_path / "reference" / "manifest.json").read_text())
+    return {key: manifest[key] for key in FIXTURE_WEIGHTS}
 
 
 def _same_version(root: Path) -> None:
@@ -70,7 +115,12 @@ def test_old_png_dataset_loads_verifies_and_a_new_save_gives_the_same_bytes(tmp_
         assert (image - data.image(i)).abs().max() <= 1 / 510 + 1e-6
     _same_version(DATA / "v1-png")
     assert data.save(tmp_path / "new", "png", chunk_size=2, progress=False)
-    assert _tree(tmp_path / "new") == _tree(DATA / "v1-png")
+    assert _tree(tmp_path / "new", FIXTURE_WEIGHTS) == _tree(DATA / "v1-png")
+    # The new save names the weights it was made with.
+    assert (
+        json.loads((tmp_path / "new" / "manifest.json").read_text())["weights_sha256"]
+        != (FIXTURE_WEIGHTS["weights_sha256"])
+    )
 
 
 def test_old_interrupted_save_resumes_to_the_bytes_the_old_code_wrote(tmp_path):
@@ -79,8 +129,15 @@ def test_old_interrupted_save_resumes_to_the_bytes_the_old_code_wrote(tmp_path):
     with pytest.raises(store.SavedDatasetError, match="unfinished save"):
         SavedCounterfactualDataset(root)
     _same_version(root)
+    # Written with weights cfaug no longer ships: a save with the current ones must refuse to resume it...
+    with pytest.raises(ValueError, match="weights_sha256"):
+        _dataset().save(root, "safetensors", chunk_size=2, progress=False)
+    # ...and resumes it once its files name the current weights (the same generator, so the same images).
+    current = _current_weights(tmp_path)
+    for path in root.rglob("*.json"):
+        path.write_bytes(_with_weights(path, current))
     assert _dataset().save(root, "safetensors", chunk_size=2, progress=False)
-    assert _tree(root) == RESUMED_BY_OLD_CODE
+    assert _tree(root, FIXTURE_WEIGHTS) == RESUMED_BY_OLD_CODE
     SavedCounterfactualDataset(root).verify()
 
 
