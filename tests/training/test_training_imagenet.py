@@ -14,6 +14,8 @@ import torch
 
 pytest.importorskip("pytorch_pretrained_biggan")
 
+from real_files import TINY_BIGGAN  # noqa: E402
+
 import cfaug  # noqa: E402
 from cfaug.backends.biggan import BigGANBackend, build_biggan, save_biggan  # noqa: E402
 from cfaug.training.features import FeatureNetworkError, build_feature_network  # noqa: E402
@@ -31,14 +33,7 @@ from cfaug.training.imagenet_losses import (  # noqa: E402
     texture_patch_grid,
 )
 
-TINY = {
-    "channel_width": 4,
-    "num_classes": 10,
-    "z_dim": 16,
-    "class_embed_dim": 16,
-    "attention_layer_position": 3,
-    "layers": [[False, 16, 16], [True, 16, 8], [True, 8, 4], [False, 4, 4], [True, 4, 2], [False, 2, 1]],
-}
+TINY = TINY_BIGGAN
 
 
 @pytest.fixture(scope="module")
