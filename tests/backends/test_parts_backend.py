@@ -253,9 +253,10 @@ def test_counterfactual_augment_label_aware_per_sample_and_batched(store, regist
         CounterfactualAugment(store, p=1.0, labels_getter=None)(torch.rand(3, SIZE, SIZE))
 
 
-def test_image_only_mode_uses_the_estimator_stored_with_the_parts(tmp_path, registered):
+@pytest.mark.parametrize("arch", ["unet", "lite"])
+def test_image_only_mode_uses_the_estimator_stored_with_the_parts(tmp_path, registered, arch):
     torch.manual_seed(0)
-    estimator = MaskEstimatorNet("mnist", width=4, input_size=SIZE).eval()
+    estimator = MaskEstimatorNet("mnist", width=4, input_size=SIZE, arch=arch).eval()
     # A network given as estimator is stored with the parts; any other callable is not.
     assert load_estimator(estimator)[1] is estimator
     assert load_estimator(lambda images: images[:, :1])[1] is None
@@ -272,6 +273,25 @@ def test_image_only_mode_uses_the_estimator_stored_with_the_parts(tmp_path, regi
     torch.testing.assert_close(loaded.estimate_mask(images), estimator(images))
     out = CounterfactualAugment(loaded, p=1.0, labels_getter=None)(images)
     assert out.shape == images.shape and not torch.equal(out, images)
+    assert loaded.mask_net.arch == arch
+
+
+def test_a_store_written_before_estimator_architectures_holds_a_unet(tmp_path, registered):
+    """Stores whose estimator config names no ``arch`` were written when the MNIST estimator was always a U-Net."""
+    from cfaug.checkpoint import save_checkpoint
+    from cfaug.models.mnist_cgn import MaskEstimator
+
+    store = build_parts(_synthetic(4), None, max_per_class=3)
+    store.mask_net = MaskEstimatorNet("mnist", width=4, input_size=SIZE, arch="unet").eval()
+    store.save(tmp_path / "new.safetensors")
+    checkpoint = load_checkpoint(tmp_path / "new.safetensors")
+    arch = checkpoint.meta["arch"]
+    old_arch = {**arch, "estimator": {k: v for k, v in arch["estimator"].items() if k != "arch"}}
+    save_checkpoint(tmp_path / "old.safetensors", checkpoint.state_dict, {**checkpoint.meta, "arch": old_arch})
+    loaded = cfaug.load_backend("parts", weights=tmp_path / "old.safetensors")
+    assert isinstance(loaded.mask_net.net, MaskEstimator)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    torch.testing.assert_close(loaded.estimate_mask(images), store.estimate_mask(images))
 
 
 def test_random_counterfactual_and_the_dataset_with_save_and_load(store, registered, tmp_path):
