@@ -48,14 +48,6 @@ def _shard_relpath(lo: int, hi: int, width: int) -> str:
     return "shards/" + _range_name(lo, hi, width, "safetensors")
 
 
-def _encode_png(pixels: torch.Tensor) -> bytes:
-    # PIL rather than torchvision.io, whose image codecs are deprecated since torchvision 0.29.
-    array = pixels.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _decode_png(data: bytes) -> torch.Tensor:
     with PIL.Image.open(io.BytesIO(data)) as image:
         array = np.asarray(image)

@@ -64,7 +64,6 @@ from cfaug.datasets._layout import (
     _SHA256,
     _SHARD_NAME,
     _csv_bytes,
-    _encode_png,
     _parse_rows,
     _png_relpath,
     _range_name,
@@ -74,6 +73,7 @@ from cfaug.datasets._layout import (
     _width,
     _write_json,
 )
+from cfaug.datasets._png import encode_pngs as _encode_pngs
 from cfaug.datasets._writer import ChunkFile, WriterPool
 from cfaug.distributed import all_gather_objects, distributed_info, fail_together, module_digest, rank_range
 from cfaug.names import VARYING_MECHANISMS
@@ -627,8 +627,7 @@ class _ChunkWriter(Dataset):
     def _png_files(self, items: list[tuple[CounterfactualInfo, torch.Tensor]], rows: list[_Row]) -> list[ChunkFile]:
         """One PNG per item, in index order, with their rows (runs on a writer thread)."""
         files = []
-        for info, image in items:
-            data = _encode_png(image)
+        for (info, _), data in zip(items, _encode_pngs([image for _, image in items]), strict=True):
             relpath = _png_relpath(info.index, self.width)
             files.append((relpath, data, _DATA_FILES_SYNCED))
             rows.append((*_info_row(info), relpath, hashlib.sha256(data).hexdigest()))

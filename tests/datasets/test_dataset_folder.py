@@ -327,20 +327,20 @@ def test_the_estimate_bounds_what_is_written(tmp_path):
 
 
 def test_a_full_disk_mid_run_ends_in_one_error_and_keeps_what_is_finished(tmp_path, monkeypatch):
-    encode, calls = store._encode_png, []
+    encode, calls = store._encode_pngs, []
 
-    def filling(pixels):
+    def filling(images):
         calls.append(1)
-        if len(calls) > 10:
+        if len(calls) > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return encode(pixels)
+        return encode(images)
 
-    monkeypatch.setattr(store, "_encode_png", filling)
+    monkeypatch.setattr(store, "_encode_pngs", filling)
     root = tmp_path / "cf"
     with pytest.raises(SavedDatasetError, match=r"is full \(no space left on device\): 8 of 24 items are saved"):
         CounterfactualDataset(ToyBackend(), size=24).save(root, chunk_size=4, progress=False)
     assert len(list((root / "records").iterdir())) == 2
-    monkeypatch.setattr(store, "_encode_png", encode)
+    monkeypatch.setattr(store, "_encode_pngs", encode)
     assert CounterfactualDataset(ToyBackend(), size=24).save(root, chunk_size=4, progress=False)
     assert tree(root) == serial(tmp_path / "serial")
 

@@ -41,7 +41,7 @@ def save(root: Path, fmt: str, threads: int, monkeypatch: pytest.MonkeyPatch, **
 def record_encoding_threads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Note the thread that encodes each file of the save."""
     names: set[str] = set()
-    for name in ("_encode_png", "_safetensors_save"):
+    for name in ("_encode_pngs", "_safetensors_save"):
         original = getattr(store, name)
 
         def noting(*args, original=original, **kwargs):
@@ -85,20 +85,20 @@ def test_pool_and_workers(tmp_path, monkeypatch):
 
 
 def test_an_encoding_error_stops_the_save_and_it_resumes(tmp_path, monkeypatch):
-    original, calls = store._encode_png, []
+    original, calls = store._encode_pngs, []
 
-    def failing(pixels):
+    def failing(images):
         calls.append(1)
-        if len(calls) == 10:
+        if len(calls) == 3:
             raise OSError("simulated disk error")
-        return original(pixels)
+        return original(images)
 
-    monkeypatch.setattr(store, "_encode_png", failing)
+    monkeypatch.setattr(store, "_encode_pngs", failing)
     with pytest.raises(OSError, match="simulated disk error"):
         save(tmp_path / "pool", "png", 2, monkeypatch, chunk_size=4)
     records = sorted(path.name for path in (tmp_path / "pool" / "records").iterdir())
     assert records == ["000000-000004.csv", "000004-000008.csv"], "the chunks before the error are written"
-    monkeypatch.setattr(store, "_encode_png", original)
+    monkeypatch.setattr(store, "_encode_pngs", original)
     assert save(tmp_path / "pool", "png", 2, monkeypatch, chunk_size=4) is True
     assert save(tmp_path / "serial", "png", 0, monkeypatch, chunk_size=4) is True
     assert tree(tmp_path / "pool") == tree(tmp_path / "serial")
