@@ -110,6 +110,31 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", fsync: bool = T
         raise
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` as :func:`atomic_write` does, without a file object.
+
+    For the many small files of a saved dataset: the buffered file object, the context manager and the folder check
+    cost more than the system calls on a 2 KB file, and they hold the GIL that the generating thread waits for.
+    An existing folder at ``path`` fails the final rename (``IsADirectoryError``) instead of being checked first.
+    """
+    path = Path(path)
+    fd, tmp_name = _create_temporary(path)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
 def _create_temporary(path: Path) -> tuple[int, str]:
     """Create ``.<name>.<random>.tmp`` beside ``path`` (and its folder if needed); returns its descriptor and path.
 

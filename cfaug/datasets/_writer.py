@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from cfaug._utils import atomic_write, check_positive_int
+from cfaug._utils import atomic_write_bytes, check_positive_int
 
 __all__ = ["WRITER_THREADS_ENV", "ChunkFile", "WriterPool", "commit_files", "writer_threads"]
 
@@ -56,8 +56,7 @@ def writer_threads() -> int:
 def commit_files(root: Path, files: Sequence[ChunkFile]) -> None:
     """Write one group of files atomically, in order."""
     for relpath, data, fsync in files:
-        with atomic_write(root / relpath, fsync=fsync) as handle:
-            handle.write(data)
+        atomic_write_bytes(root / relpath, data, fsync=fsync)
 
 
 class WriterPool:

@@ -337,6 +337,20 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o644
 
 
+def test_atomic_write_bytes_replaces_whole_and_leaves_nothing_on_failure(tmp_path):
+    from cfaug._utils import atomic_write_bytes
+
+    target = tmp_path / "new" / "f.png"  # the folder is made on the way
+    atomic_write_bytes(target, b"first", fsync=False)
+    atomic_write_bytes(target, b"second" * 1000)
+    assert target.read_bytes() == b"second" * 1000
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic_write_bytes(tmp_path / "folder", b"data")
+    leftovers = [path.name for path in tmp_path.rglob("*") if path.name.endswith(".tmp")]
+    assert leftovers == [] and list((tmp_path / "folder").iterdir()) == []
+
+
 def test_registering_a_subclass_gives_it_its_own_name():
     class Child(ToyBackend):
         pass
