@@ -53,7 +53,7 @@ ROUNDS = 5
 #: Groups of rows ``--rows`` can choose.
 ROW_GROUPS = ("sample", "per-sample", "image-only", "mask", "save")
 #: Repetitions of each whole save (after one warm-up): a save takes many seconds, unlike a round of a timed row.
-SAVE_ROUNDS = 3
+SAVE_ROUNDS = 5
 
 
 @dataclass

@@ -39,8 +39,9 @@ ChunkFile = tuple[str, bytes, bool]
 def writer_threads() -> int:
     """The number of encoding threads: ``$CFAUG_WRITER_THREADS``, else ``min(4, CPU count - 1)``, at least 1.
 
-    One core is left to the generation the threads overlap with: on a 2-core CPU, two encoding threads beside the
-    generating thread measured 0.88x the generation rate for PNG, one thread 0.90x (``benchmarks/generation.py``).
+    One core is left to the generation the threads overlap with: on a 2-core CPU, one encoding thread beside the
+    generating thread measured 0.90x the generation rate for PNG and two 0.88x (``benchmarks/generation.py``, with
+    Pillow's encoder at the time; see ``docs/benchmarks.md`` for today's rates).
 
     Raises:
         ValueError: the variable is set to something other than a non-negative integer.
