@@ -34,7 +34,7 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FILTER_CODES = np.array([0, 2, 1, 4], dtype=np.uint8)  # None, Up, Sub, Paeth
 #: Raw bytes filtered in one numpy pass: bounds the temporaries (a few int16 copies) for large images.
 _FILTER_BYTES_PER_PASS = 1 << 20
-_COLOR_TYPES = {1: 0, 3: 2}  # channels -> PNG colour type (grayscale, truecolour)
+_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type: L, LA, RGB, RGBA (Pillow's modes)
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
@@ -72,14 +72,15 @@ def encode_pngs(images: torch.Tensor | Sequence[torch.Tensor]) -> list[bytes]:
     """Encode 8-bit images as PNG files, the bytes Pillow writes for them.
 
     Args:
-        images: a ``(N, C, H, W)`` uint8 tensor or a sequence of ``(C, H, W)`` ones, ``C`` 1 (grayscale) or 3 (RGB).
+        images: a ``(N, C, H, W)`` uint8 tensor or a sequence of ``(C, H, W)`` ones; ``C`` is 1 (grayscale), 2
+            (grayscale and alpha), 3 (RGB) or 4 (RGBA).
 
     Returns:
         One PNG file per image, in order.
 
     Raises:
         TypeError: an image is not a uint8 tensor.
-        ValueError: an image is not ``(C, H, W)`` with 1 or 3 channels and a non-empty size.
+        ValueError: an image is not ``(C, H, W)`` with 1 to 4 channels and a non-empty size.
     """
     if isinstance(images, torch.Tensor):
         images = list(images) if images.dim() == 4 else [images]
@@ -88,7 +89,7 @@ def encode_pngs(images: torch.Tensor | Sequence[torch.Tensor]) -> list[bytes]:
             kind = f"a {image.dtype} tensor" if isinstance(image, torch.Tensor) else type(image).__name__
             raise TypeError(f"images should be uint8 tensors, but got {kind}.")
         if image.dim() != 3 or image.shape[0] not in _COLOR_TYPES or image.shape[1] == 0 or image.shape[2] == 0:
-            raise ValueError(f"images should be (C, H, W) with C 1 or 3, but got shape {tuple(image.shape)}.")
+            raise ValueError(f"images should be (C, H, W) with C 1 to 4, but got shape {tuple(image.shape)}.")
     files: list[bytes] = []
     start = 0
     while start < len(images):

@@ -41,7 +41,7 @@ def images(kind: str, count: int, channels: int, height: int, width: int, seed: 
 
 
 @pytest.mark.skipif(not SAME_ZLIB, reason="Pillow links another zlib than Python's: deflate bytes may differ")
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("kind", ["noise", "smooth", "sparse", "flat"])
 @pytest.mark.parametrize("size", [(32, 32), (28, 28), (1, 1), (3, 17), (40, 24)])
 def test_bytes_are_pillows(channels, kind, size):
@@ -70,7 +70,7 @@ def test_mixed_shapes_and_the_pixels_come_back():
 def test_bad_images_are_named():
     with pytest.raises(TypeError, match=r"uint8 tensors, but got a torch.float32 tensor"):
         encode_pngs(torch.zeros(1, 3, 4, 4))
-    with pytest.raises(ValueError, match=r"C 1 or 3, but got shape \(4, 4, 4\)"):
-        encode_pngs(torch.zeros(1, 4, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"C 1 to 4, but got shape \(5, 4, 4\)"):
+        encode_pngs(torch.zeros(1, 5, 4, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"but got shape \(3, 0, 4\)"):
         encode_pngs([torch.zeros(3, 0, 4, dtype=torch.uint8)])
