@@ -6,7 +6,7 @@ generation it should overlap with. This encoder picks the row filters of a whole
 compresses each image with :mod:`zlib`, both of which release the GIL while they work.
 
 The bytes are Pillow's (``PIL.Image.save(format="PNG")`` with default options, checked by the tests), so datasets
-written before and after it have the same files and hashes:
+written before and after it have the same files and hashes wherever Pillow and Python link the same zlib:
 
 * the chunks ``IHDR``, ``IDAT`` (split every ``max(65536, 4 * width)`` bytes, Pillow's buffer size) and ``IEND``;
 * per row, the filter with the smallest sum of absolute values of the filtered bytes read as signed bytes, among
