@@ -117,7 +117,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = 
     cost more than the system calls on a 2 KB file, and they hold the GIL that the generating thread waits for.
     An existing folder at ``path`` fails the final rename (``IsADirectoryError``) instead of being checked first.
     """
-    path = Path(path)
+    path = os.fspath(path)  # strings, not Path objects: pathlib's parsing cost more than the system calls
     fd, tmp_name = _create_temporary(path)
     try:
         try:
@@ -135,7 +135,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = 
         raise
 
 
-def _create_temporary(path: Path) -> tuple[int, str]:
+def _create_temporary(path: str | os.PathLike[str]) -> tuple[int, str]:
     """Create ``.<name>.<random>.tmp`` beside ``path`` (and its folder if needed); returns its descriptor and path.
 
     Opened with mode 0666 like an ordinary ``open()``, so the process umask gives the usual permissions. (mkstemp
@@ -143,23 +143,23 @@ def _create_temporary(path: Path) -> tuple[int, str]:
     so another thread creating a file meanwhile would get none.) The parent folder is made only when the first
     try finds it missing: most writes go into an existing folder, and a ``mkdir`` each time costs a system call.
     """
-    folder = os.fspath(path.parent)
+    folder, name = os.path.split(os.fspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for flag in ("O_BINARY", "O_NOINHERIT", "O_CLOEXEC"):  # as mkstemp: bytes as written, not inherited
         flags |= getattr(os, flag, 0)
     made_folder = False
     for _ in range(100):
-        name = os.path.join(folder, f".{path.name}.{os.urandom(6).hex()}.tmp")
+        temporary = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
         try:
-            return os.open(name, flags, 0o666), name
+            return os.open(temporary, flags, 0o666), temporary
         except FileExistsError:
             continue  # 48 random bits already taken: another name
         except FileNotFoundError:
             if made_folder:
                 raise
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder or ".", exist_ok=True)
             made_folder = True
-    raise FileExistsError(f"No free temporary name beside {str(path)!r} after 100 tries.")
+    raise FileExistsError(f"No free temporary name beside {os.fspath(path)!r} after 100 tries.")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

@@ -56,8 +56,9 @@ def writer_threads() -> int:
 
 def commit_files(root: Path, files: Sequence[ChunkFile]) -> None:
     """Write one group of files atomically, in order."""
+    folder = os.fspath(root)
     for relpath, data, fsync in files:
-        atomic_write_bytes(root / relpath, data, fsync=fsync)
+        atomic_write_bytes(os.path.join(folder, relpath), data, fsync=fsync)
 
 
 class WriterPool:

@@ -403,7 +403,7 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         seeds=sorted({run["seed"] for run in merged_runs}),
         num_counterfactuals=next(iter(counts.values())) if len(set(counts.values())) == 1 else counts,
         weights=weights,
-        device=sorted({str(part["config"].get("device")) for part in parts}),
+        device=_merged_devices(part["config"].get("device") for part in parts),
         augment_p=next(iter(online_ps)) if online_ps else None,
     )
     return {
@@ -416,6 +416,15 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "paper": PAPER_TABLE2[variant],
         "grids": {name: grid for part in parts for name, grid in part.get("grids", {}).items()},
     }
+
+
+def _merged_devices(devices: Iterable[str | list[str] | None]) -> str | list[str]:
+    """The devices of merged parts: one name when they share it, else the sorted names.
+
+    A part may itself be a merge (a list of names), so that results merge again as they come in.
+    """
+    names = sorted({str(name) for device in devices for name in (device if isinstance(device, list) else [device])})
+    return names[0] if len(names) == 1 else names
 
 
 def _describe_weights(source: Any) -> str:

@@ -344,6 +344,8 @@ def test_atomic_write_bytes_replaces_whole_and_leaves_nothing_on_failure(tmp_pat
     atomic_write_bytes(target, b"first", fsync=False)
     atomic_write_bytes(target, b"second" * 1000)
     assert target.read_bytes() == b"second" * 1000
+    atomic_write_bytes(str(tmp_path / "deeper" / "g.png"), b"as a string")  # the writer pool passes strings
+    assert (tmp_path / "deeper" / "g.png").read_bytes() == b"as a string"
     (tmp_path / "folder").mkdir()
     with pytest.raises(IsADirectoryError):
         atomic_write_bytes(tmp_path / "folder", b"data")

@@ -394,6 +394,13 @@ def test_merge_table2_joins_seeds_and_columns_run_apart(mnist_root, cgn_checkpoi
     merged = merge_table2([seed0, seed1])
     assert merged["runs"] == [{**run, "seconds": merged["runs"][i]["seconds"]} for i, run in enumerate(both["runs"])]
     assert merged["summary"] == both["summary"] and merged["config"]["seeds"] == [0, 1] and merged["complete"]
+    assert merged["config"]["device"] == "cpu"
+    # A merge merges again as results come in: the same runs, and the devices stay a flat list of names.
+    assert merge_table2([merged, seed1])["runs"] == merged["runs"]
+    on_gpu = json.loads(json.dumps(seed1))
+    on_gpu["config"]["device"] = "cuda"
+    twice = merge_table2([merge_table2([seed0, on_gpu]), seed0])
+    assert twice["config"]["device"] == ["cpu", "cuda"]
     # A column with another number of counterfactuals (run apart) joins as its own column.
     more = _run(
         mnist_root,
