@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from cfaug._utils import keep_freed_memory
 from cfaug.checkpoint import CheckpointError
 from cfaug.cli.build_parts import HELP as BUILD_PARTS_HELP
 from cfaug.cli.build_parts import add_build_parts_arguments, run_build_parts
@@ -276,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     as one line on stderr; 130 Ctrl-C; 141 stdout closed early (a broken pipe); 1 an internal error. With
     ``--debug`` (anywhere on the line) or ``CFAUG_DEBUG=1`` the traceback is printed before the line.
     """
+    if argv is None:  # run as the cfaug command: the process is ours to tune (not when called from Python)
+        keep_freed_memory()
     arguments = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in arguments or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     arguments = [item for item in arguments if item != "--debug"]

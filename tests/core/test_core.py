@@ -380,3 +380,66 @@ def test_plugin_weights_ship_in_the_plugin_package(tmp_path, monkeypatch):
     path, got = resolve_weights("toy", named, "v1")
     assert path == package / "weights" / "v1.safetensors" and got == digest
     sys.modules.pop("myplugin", None)
+
+
+class _FakeLibc:
+    """Records ``mallopt`` calls instead of changing this test process's allocator."""
+
+    def __init__(self, result: int = 1):
+        self.calls: list[tuple[int, int]] = []
+        self.result = result
+        self.mallopt = self  # a ctypes function: callable, with argtypes and restype to set
+
+    def __call__(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return self.result
+
+
+def test_keep_freed_memory_raises_both_thresholds_unless_the_user_chose(monkeypatch):
+    import ctypes
+
+    from cfaug import _utils
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert _utils.keep_freed_memory() is True
+    assert libc.calls == [(-3, 32 << 20), (-1, 1 << 30)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (malloc.h)
+    for name, value in (("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1"), ("LD_PRELOAD", "libjemalloc.so.2")):
+        libc.calls.clear()
+        with monkeypatch.context() as patch:
+            patch.setenv(name, value)
+            assert _utils.keep_freed_memory() is False and libc.calls == []
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert _utils.keep_freed_memory() is False and libc.calls == []
+    monkeypatch.setattr(sys, "platform", "linux")
+    libc.result = 0  # a libc that refuses the option (musl's stub)
+    assert _utils.keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's (Linux)")
+def test_keep_freed_memory_takes_effect_in_a_real_glibc_process():
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    code = "from cfaug._utils import keep_freed_memory; print(keep_freed_memory())"
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip(f"not glibc ({platform.libc_ver()})")
+    assert output.stdout.strip() == "True"
+
+
+def test_the_cfaug_command_tunes_malloc_but_a_call_from_python_does_not(monkeypatch, capsys):
+    from cfaug.cli import parser
+
+    calls = []
+    monkeypatch.setattr(parser, "keep_freed_memory", lambda: calls.append(True) or True)
+    assert parser.main(["list"]) == 0 and calls == []
+    monkeypatch.setattr(sys, "argv", ["cfaug", "list"])
+    assert parser.main() == 0 and calls == [True]
+    capsys.readouterr()
