@@ -377,7 +377,8 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                     f"`parts` should give column {name!r} one set of weights, but parts[{index}] uses {description!r} "
                     f"and an earlier part {weights[name]!r}."
                 )
-            counts[name] = config["num_counterfactuals"]
+            count = config["num_counterfactuals"]
+            counts[name] = count[name] if isinstance(count, Mapping) else count  # a merge maps columns to counts
         settings += [setting for setting in config["settings"] if setting not in settings]
         all_skipped += [dict(entry) for entry in part.get("skipped", [])]
         for run in part["runs"]:

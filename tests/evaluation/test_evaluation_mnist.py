@@ -415,6 +415,9 @@ def test_merge_table2_joins_seeds_and_columns_run_apart(mnist_root, cgn_checkpoi
     assert merged["summary"]["cf"]["ours-40"]["accuracy"]["n"] == 1
     assert merged["summary"]["cf"]["ours"]["accuracy"]["n"] == 2
     assert "ours: 20 counterfactuals, ours-40: 40 counterfactuals" in format_table2(merged)
+    # Merged again with a later part, the per-column counts survive.
+    again = merge_table2([merged, seed0])
+    assert again["config"]["num_counterfactuals"] == {"ours": 20, "ours-40": 40} and again["runs"] == merged["runs"]
 
 
 @pytest.mark.parametrize(
