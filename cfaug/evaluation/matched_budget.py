@@ -50,7 +50,7 @@ from cfaug.evaluation.counterfactual_sets import (
     real_shape_counterfactuals,
 )
 from cfaug.evaluation.shape_classifier import evaluate_classifier, make_datasets, split_tensors, train_shape_classifier
-from cfaug.evaluation.table2 import _check_seeds, _describe_weights, _summary
+from cfaug.evaluation.table2 import _check_seeds, _describe_weights, _merged_devices, _summary
 from cfaug.names import VARIANTS
 from cfaug.seeding import mix_seed
 
@@ -490,7 +490,7 @@ def merge_matched_budget(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         kinds=kinds,
         modes=modes,
         seeds=sorted({run["seed"] for run in merged}),
-        device=sorted({str(part["config"].get("device")) for part in parts}),
+        device=_merged_devices(part["config"].get("device") for part in parts),
     )
     summary = _summarise(merged, kinds, modes)
     return {

@@ -419,13 +419,16 @@ def merge_table2(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _merged_devices(devices: Iterable[str | list[str] | None]) -> str | list[str]:
-    """The devices of merged parts: one name when they share it, else the sorted names.
+def _merged_devices(devices: Iterable[str | list[str] | None]) -> str | list[str] | None:
+    """The devices of merged parts: one name when they share it, else the sorted names (``None`` if none says).
 
-    A part may itself be a merge (a list of names), so that results merge again as they come in.
+    A part may itself be a merge (a list of names), so that results merge again as they come in. Shared by
+    ``merge_matched_budget``.
     """
-    names = sorted({str(name) for device in devices for name in (device if isinstance(device, list) else [device])})
-    return names[0] if len(names) == 1 else names
+    names = sorted(
+        {str(name) for device in devices for name in (device if isinstance(device, list) else [device]) if name}
+    )
+    return (names[0] if len(names) == 1 else names) if names else None
 
 
 def _describe_weights(source: Any) -> str:

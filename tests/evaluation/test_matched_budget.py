@@ -240,6 +240,10 @@ def test_merge_joins_seeds_and_refuses_other_protocols():
     assert merged["config"]["seeds"] == [0, 1] and merged["best"] == {"per-batch": "real"}
     stats = merged["summary"]["per-batch"]["real"]["accuracy"]
     assert stats["n"] == 2 and stats["mean"] == pytest.approx(85.0)
+    # A merge merges again with a later part (seeds run apart); the devices stay a flat list of names.
+    again = merge_matched_budget([merged, _part(2, 0.7, device="cuda"), _part(3, 0.7, device="cpu")])
+    assert again["config"]["seeds"] == [0, 1, 2, 3] and again["config"]["device"] == ["cpu", "cuda"]
+    assert merge_matched_budget([again, _part(4, 0.7, device="cpu")])["config"]["device"] == ["cpu", "cuda"]
     with pytest.raises(ValueError, match="'budget'"):
         merge_matched_budget([_part(0, 0.8), _part(1, 0.9, budget=MatchedBudget(10, 20, 4, 1).as_dict())])
     with pytest.raises(ValueError, match="once"):
