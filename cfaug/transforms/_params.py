@@ -116,19 +116,17 @@ def sample_params(
             params[key] = torch.full((batch_size,), FROM_REAL, dtype=torch.int64)
         return params
     draws = 1 if same_on_batch else batch_size
-    # One RNG call per kind of draw: per-sample calls are dominated by such fixed costs.
+    # One RNG call per kind of draw and one table for all rows: per-sample calls are dominated by fixed costs
+    # per tensor operation, not by the numbers drawn.
     classes = torch.randint(0, num_classes, (len(vary), draws), generator=generator, dtype=torch.int64)
     seeds = draw_seeds(len(MECHANISMS) * draws, generator).view(len(MECHANISMS), draws)
-    if draws != batch_size:
-        classes, seeds = classes.expand(-1, batch_size), seeds.expand(-1, batch_size)
-    params["shape"] = torch.full((batch_size,), FROM_REAL, dtype=torch.int64)
-    for mechanism in VARYING_MECHANISMS:
-        if mechanism in vary:
-            params[mechanism] = classes[vary.index(mechanism)].clone()
-        else:
-            params[mechanism] = torch.full((batch_size,), FROM_REAL, dtype=torch.int64)
-    for row, mechanism in enumerate(MECHANISMS):
-        params[f"seed_{mechanism}"] = seeds[row].clone()
+    keys = RECORD_KEYS[1:]  # the mechanisms' classes, then their seeds
+    table = torch.full((len(keys), batch_size), FROM_REAL, dtype=torch.int64)
+    if vary:
+        table[[MECHANISMS.index(mechanism) for mechanism in vary]] = classes  # broadcast over the batch if drawn once
+    table[len(MECHANISMS) :] = seeds
+    # Rows of one table: each key's tensor is a view of its own row, so no two keys share an element.
+    params.update(zip(keys, table.unbind(0), strict=True))
     return params
 
 

@@ -336,3 +336,71 @@ def test_grayscale_mixed_kinds_on_a_cuda_batch():
     assert 0 < int((record["shape"] == -1).sum()) < 16
     out = RandomCounterfactual(toy, p=1.0, shape="mixed")(images, labels=labels)
     assert out.device.type == "cuda" and out.shape == images.shape
+
+
+# ------------------------------------------------------------------------------------------------ conversions
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (32, 32)])
+def test_pil_round_trip_matches_torchvision(mode, size):
+    """The PIL fast paths give exactly torchvision's pixels and images (odd sizes: no row padding assumed)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from cfaug.transforms._image import from_batch, inspect_image, to_batch
+
+    channels = {"L": 1, "RGB": 3}[mode]
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    image = PIL.Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode=mode)
+    kind = inspect_image(image)
+    batch = to_batch(image, kind)
+    assert batch.dtype == torch.uint8 and torch.equal(batch[0], TF.pil_to_tensor(image))
+    batch[0, 0, 0, 0] ^= 1  # the batch is writable and owns its memory: the PIL image is not changed
+    assert image.tobytes() == pixels.tobytes()
+    out = from_batch(batch, kind, image)
+    expected = TF.to_pil_image(batch[0], mode=mode)
+    assert out.mode == expected.mode == mode and out.size == image.size and out.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32])
+def test_from_unit_float_is_to_dtype_with_saturation(dtype):
+    from torchvision.transforms.v2 import functional as TF
+
+    from cfaug.transforms._image import from_unit_float
+
+    values = torch.cat([torch.rand(1000, generator=torch.Generator().manual_seed(0)), torch.tensor([0.0, 1.0])])
+    assert torch.equal(from_unit_float(values, dtype), TF.to_dtype(values, dtype, scale=True))
+    if dtype == torch.uint8:  # out of range saturates instead of wrapping around
+        assert from_unit_float(torch.tensor([-0.5, 1.5]), dtype).tolist() == [0, 255]
+
+
+@pytest.mark.parametrize("same_on_batch", [False, True])
+@pytest.mark.parametrize("vary", [(), ("texture",), ("background",), ("background", "texture")])
+def test_sample_params_rows(vary, same_on_batch):
+    """Each key its own (B,) int64 tensor: varied classes drawn, the rest -1, seeds for every mechanism."""
+    from cfaug.transforms._params import FROM_REAL, RECORD_KEYS, sample_params
+
+    params = sample_params(
+        6, 10, vary, applied=torch.ones(6, dtype=torch.bool), same_on_batch=same_on_batch,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert list(params) == list(RECORD_KEYS)
+    for key in RECORD_KEYS[1:]:
+        value = params[key]
+        assert value.shape == (6,) and value.dtype == torch.int64
+        mechanism = key.removeprefix("seed_")
+        if key.startswith("seed_"):
+            assert bool((value >= 0).all())
+        elif mechanism in vary:
+            assert bool(((value >= 0) & (value < 10)).all())
+        else:
+            assert bool((value == FROM_REAL).all())
+        if same_on_batch:
+            assert len(set(value.tolist())) == 1
+    # Changing one key's tensor in place leaves every other key alone.
+    before = {key: value.clone() for key, value in params.items()}
+    params["seed_texture"].fill_(7)
+    assert all(torch.equal(params[key], before[key]) for key in RECORD_KEYS if key != "seed_texture")
+    if not same_on_batch:
+        # The classes drawn for a mechanism are its own: with both varied, texture and background differ somewhere.
+        many = sample_params(256, 10, vary, applied=torch.ones(256, dtype=torch.bool))
+        if len(vary) == 2:
+            assert not torch.equal(many["texture"], many["background"])
