@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -597,6 +598,7 @@ def _load_benchmark(name: str):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

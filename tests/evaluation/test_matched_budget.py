@@ -250,3 +250,37 @@ def test_merge_joins_seeds_and_refuses_other_protocols():
         merge_matched_budget([_part(0, 0.8), _part(0, 0.9)])
     with pytest.raises(ValueError, match="at least one"):
         merge_matched_budget([])
+
+
+def test_the_benchmark_driver_runs_merges_and_resumes(mnist_root, tmp_path, capsys):  # noqa: F811
+    """benchmarks/matched_budget.py: one process per run, two at a time, merged per variant; a rerun runs nothing."""
+    from test_evaluation_mnist import _load_benchmark
+
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        backend = MnistBackend(latent_dim=8, ngf=8, mask_estimator=True, mask_estimator_width=4)
+    backend.mark_mask_estimator_trained()
+    backend.save(tmp_path / "cgn.safetensors")
+    module = _load_benchmark("matched_budget")
+    options = [
+        "--variants", "colored_mnist", "--kinds", "real", "generated", "--modes", "per-batch", "--seeds", "0",
+        "--epochs", "1",
+        "--num-counterfactuals", "10", "--max-train-images", "20", "--batch-size", "8", "--data-root", mnist_root,
+        "--jobs", "2", "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "merged.json"),
+    ]  # fmt: skip
+    assert module.main([*options, "--weights", str(tmp_path / "cgn.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs, 0 already done; 2 to run, 2 at a time" in printed and "| per-batch | generated |" in printed
+    merged = json.loads((tmp_path / "merged.json").read_text())["colored_mnist"]
+    assert merged["complete"] and merged["config"]["seeds"] == [0]
+    assert {(run["kind"], run["mode"]) for run in merged["runs"]} == {
+        ("real", "per-batch"),
+        ("generated", "per-batch"),
+    }
+    assert json.loads((tmp_path / "runs" / "matched_budget_colored_mnist.json").read_text()) == merged
+    # Finished runs are not run again; a run that fails is named with its log, and the command exits with 1.
+    assert module.main([*options, "--weights", str(tmp_path / "cgn.safetensors")]) == 0
+    assert "2 runs, 2 already done; 0 to run" in capsys.readouterr().out
+    assert module.main([*options[:-4], "--out-dir", str(tmp_path / "bad"), "--weights", str(tmp_path / "none")]) == 1
+    assert "failed: colored_mnist real per-batch seed 0; see" in capsys.readouterr().err
+    assert (tmp_path / "bad" / "colored_mnist" / "real_per-batch_seed0" / "log.txt").read_text().strip()
