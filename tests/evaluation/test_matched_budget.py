@@ -7,10 +7,9 @@ import json
 
 import pytest
 import torch
-from test_evaluation_mnist import mnist_root  # noqa: F401 (the fake MNIST fixture, shared)
+from test_evaluation_mnist import cgn_with_estimator, mnist_root  # noqa: F401 (fixtures, shared)
 from toy_backend import ToyBackend
 
-from cfaug.backends.mnist import MnistBackend
 from cfaug.cli.evaluate import add_evaluate_mnist_arguments, check_evaluate_mnist_args, run_evaluate_mnist
 from cfaug.evaluation.matched_budget import (
     KINDS,
@@ -203,15 +202,15 @@ def test_cli_rejects_an_unknown_kind(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_cli_runs_the_matched_comparison_and_writes_results(mnist_root, tmp_path, capsys):  # noqa: F811
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        backend = MnistBackend(latent_dim=8, ngf=8, mask_estimator=True, mask_estimator_width=4)
-    backend.mark_mask_estimator_trained()
-    backend.save(tmp_path / "cgn.safetensors")
+def test_cli_runs_the_matched_comparison_and_writes_results(
+    mnist_root,  # noqa: F811 (the shared fixtures)
+    cgn_with_estimator,  # noqa: F811
+    tmp_path,
+    capsys,
+):
     out = tmp_path / "run"
     args = _parse(
-        "--weights", f"ours={tmp_path / 'cgn.safetensors'}", "--kinds", "real", "generated", "mixed",
+        "--weights", f"ours={cgn_with_estimator}", "--kinds", "real", "generated", "mixed",
         "--seeds", "0", "--epochs", "1", "--num-counterfactuals", "10", "--max-train-images", "20",
         "--batch-size", "8", "--data-root", mnist_root, "--no-progress",
     )  # fmt: skip
@@ -252,15 +251,15 @@ def test_merge_joins_seeds_and_refuses_other_protocols():
         merge_matched_budget([])
 
 
-def test_the_benchmark_driver_runs_merges_and_resumes(mnist_root, tmp_path, capsys):  # noqa: F811
+def test_the_benchmark_driver_runs_merges_and_resumes(
+    mnist_root,  # noqa: F811 (the shared fixtures)
+    cgn_with_estimator,  # noqa: F811
+    tmp_path,
+    capsys,
+):
     """benchmarks/matched_budget.py: one process per run, two at a time, merged per variant; a rerun runs nothing."""
     from test_evaluation_mnist import _load_benchmark
 
-    with torch.random.fork_rng():
-        torch.manual_seed(1)
-        backend = MnistBackend(latent_dim=8, ngf=8, mask_estimator=True, mask_estimator_width=4)
-    backend.mark_mask_estimator_trained()
-    backend.save(tmp_path / "cgn.safetensors")
     module = _load_benchmark("matched_budget")
     options = [
         "--variants", "colored_mnist", "--kinds", "real", "generated", "--modes", "per-batch", "--seeds", "0",
@@ -268,7 +267,7 @@ def test_the_benchmark_driver_runs_merges_and_resumes(mnist_root, tmp_path, caps
         "--num-counterfactuals", "10", "--max-train-images", "20", "--batch-size", "8", "--data-root", mnist_root,
         "--jobs", "2", "--out-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "merged.json"),
     ]  # fmt: skip
-    assert module.main([*options, "--weights", str(tmp_path / "cgn.safetensors")]) == 0
+    assert module.main([*options, "--weights", cgn_with_estimator]) == 0
     printed = capsys.readouterr().out
     assert "2 runs, 0 already done; 2 to run, 2 at a time" in printed and "| per-batch | generated |" in printed
     merged = json.loads((tmp_path / "merged.json").read_text())["colored_mnist"]
@@ -279,7 +278,7 @@ def test_the_benchmark_driver_runs_merges_and_resumes(mnist_root, tmp_path, caps
     }
     assert json.loads((tmp_path / "runs" / "matched_budget_colored_mnist.json").read_text()) == merged
     # Finished runs are not run again; a run that fails is named with its log, and the command exits with 1.
-    assert module.main([*options, "--weights", str(tmp_path / "cgn.safetensors")]) == 0
+    assert module.main([*options, "--weights", cgn_with_estimator]) == 0
     assert "2 runs, 2 already done; 0 to run" in capsys.readouterr().out
     assert module.main([*options[:-4], "--out-dir", str(tmp_path / "bad"), "--weights", str(tmp_path / "none")]) == 1
     assert "failed: colored_mnist real per-batch seed 0; see" in capsys.readouterr().err
