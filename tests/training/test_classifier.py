@@ -397,9 +397,12 @@ def test_save_and_load_classifier_round_trip(tmp_path):
         assert torch.equal(loaded(images)["average"], model.eval()(images)["average"])
 
 
-def test_a_run_folder_written_before_the_engine_resumes_bit_for_bit(data, tmp_path):
+def test_a_run_folder_written_before_the_engine_resumes(data, tmp_path):
     # classifier_run_ffed146/ is epoch 1 of this recipe, checkpointed by the trainer at ffed146 (before the run
-    # folder moved to cfaug.engine); resumed to epoch 3 it must give what a run of 3 epochs gives today.
+    # folder moved to cfaug.engine); resumed to epoch 3 it must give what a run of 3 epochs gives today. The folder
+    # was written on another CPU, whose float rounding differs in the last bits (an AMD EPYC against the Intel Xeon
+    # that wrote it: weights 2.4e-7 apart), so the comparison has a tolerance; resumes on one machine are compared bit
+    # for bit by the engine's own tests.
     config = _config(data, epochs=3, checkpoint_every=100)
     old = tmp_path / "old"
     shutil.copytree(Path(__file__).parent / "classifier_run_ffed146", old)
@@ -407,5 +410,11 @@ def test_a_run_folder_written_before_the_engine_resumes_bit_for_bit(data, tmp_pa
     train_classifier(config, tmp_path / "straight")
     straight = load_file(str(tmp_path / "straight" / "final.safetensors"))
     resumed = load_file(str(old / "final.safetensors"))
-    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
-    assert _without_timing(tmp_path / "straight" / "stats.jsonl") == _without_timing(old / "stats.jsonl")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=1e-4, atol=1e-5, msg=key)
+    straight_stats = _without_timing(tmp_path / "straight" / "stats.jsonl")
+    resumed_stats = _without_timing(old / "stats.jsonl")
+    assert [line.keys() for line in straight_stats] == [line.keys() for line in resumed_stats]
+    for here, there in zip(straight_stats, resumed_stats, strict=True):
+        assert here == pytest.approx(there, rel=1e-4, abs=1e-6)
