@@ -111,20 +111,18 @@ def sample_params(
         A parameter set (see the module docstring); ``applied`` is included only when given.
     """
     params: dict[str, torch.Tensor] = {} if applied is None else {"applied": applied}
-    if applied is not None and not bool(applied.any()):
-        for key in RECORD_KEYS[1:]:
-            params[key] = torch.full((batch_size,), FROM_REAL, dtype=torch.int64)
-        return params
-    draws = 1 if same_on_batch else batch_size
-    # One RNG call per kind of draw and one table for all rows: per-sample calls are dominated by fixed costs
-    # per tensor operation, not by the numbers drawn.
-    classes = torch.randint(0, num_classes, (len(vary), draws), generator=generator, dtype=torch.int64)
-    seeds = draw_seeds(len(MECHANISMS) * draws, generator).view(len(MECHANISMS), draws)
-    keys = RECORD_KEYS[1:]  # the mechanisms' classes, then their seeds
+    # One table for all rows (the mechanisms' classes, then their seeds) and one RNG call per kind of draw:
+    # per-sample calls are dominated by fixed costs per tensor operation, not by the numbers drawn.
+    keys = RECORD_KEYS[1:]
     table = torch.full((len(keys), batch_size), FROM_REAL, dtype=torch.int64)
-    if vary:
-        table[[MECHANISMS.index(mechanism) for mechanism in vary]] = classes  # broadcast over the batch if drawn once
-    table[len(MECHANISMS) :] = seeds
+    if applied is None or bool(applied.any()):
+        draws = 1 if same_on_batch else batch_size
+        classes = torch.randint(0, num_classes, (len(vary), draws), generator=generator, dtype=torch.int64)
+        seeds = draw_seeds(len(MECHANISMS) * draws, generator).view(len(MECHANISMS), draws)
+        if vary:
+            # Broadcast over the batch where drawn once.
+            table[[MECHANISMS.index(mechanism) for mechanism in vary]] = classes
+        table[len(MECHANISMS) :] = seeds
     # Rows of one table: each key's tensor is a view of its own row, so no two keys share an element.
     params.update(zip(keys, table.unbind(0), strict=True))
     return params
