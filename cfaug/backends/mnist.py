@@ -65,10 +65,14 @@ BACKGROUND_NOISE_STREAM = 2
 TEXTURE_SHIFT_STREAM = 3
 BACKGROUND_SHIFT_STREAM = 4
 
-#: Micro-batch size of the CPU fast path. The largest activation of a 64-sample chunk (about 10 MiB) stays in the
-#: L3 cache: on a 2-core EPYC, batch 256 in chunks of 16 to 128 runs about 25% faster than in one piece, with 64
-#: the best at 2 threads (fewer thread barriers than smaller chunks) and as good as any at 1 thread.
-CPU_MICRO_BATCH = 64
+#: Micro-batch sizes of the CPU fast path, per network: a chunk runs fastest when its activations stay in the
+#: caches, and the generators' are ten times the mask estimator's per image. On a 2-core AMD EPYC (AVX512,
+#: 1 MiB L2 per core) at batch 256: the texture and background generators take 400 us per image in chunks of
+#: 16 (about 2.5 MiB of largest activation) against 530 in chunks of 64, and ``sample()`` runs 13 % (1 thread)
+#: to 14 % (2 threads) faster; the lite estimator is fastest in chunks of 64 (11,200 img/s at 1 thread against
+#: 7,800 in chunks of 16 and 8,300 in one piece). ``benchmarks/generation.py`` measures both.
+CPU_MICRO_BATCH = 16
+CPU_MASK_MICRO_BATCH = 64
 
 _INIT_TYPES = ("orthogonal", "normal", "xavier", "kaiming", "default")
 
@@ -94,8 +98,8 @@ class MnistBackend(Backend):
         init_gain: scale of the initialisation (the authors use orthogonal 0.1 for Colored MNIST).
         fast_path: in eval mode without autograd, generate with fused weights (same images up to float rounding,
             several times faster). A speed knob, not part of the architecture.
-        micro_batch: chunk size of the fast path; ``None`` picks ``CPU_MICRO_BATCH`` on the CPU and no
-            chunking on accelerators.
+        micro_batch: chunk size of the fast path; ``None`` picks ``CPU_MICRO_BATCH`` for the generators and
+            ``CPU_MASK_MICRO_BATCH`` for the mask estimator on the CPU, and no chunking on accelerators.
 
     Raises:
         TypeError, ValueError: an argument has the wrong type or value.
@@ -362,11 +366,12 @@ class MnistBackend(Backend):
             return False
         return not any(module.training for module in self._generator_modules)
 
-    def _chunk_size(self, device: torch.device) -> int:
+    def _chunk_size(self, device: torch.device, mask: bool = False) -> int:
         if self.micro_batch is not None:
             return self.micro_batch
-        # Accelerators want one big launch; CPU caches want small chunks.
-        return CPU_MICRO_BATCH if device.type == "cpu" else 2**62
+        if device.type != "cpu":
+            return 2**62  # accelerators want one big launch; CPU caches want small chunks
+        return CPU_MASK_MICRO_BATCH if mask else CPU_MICRO_BATCH
 
     def _weights_key(self, modules: tuple[nn.Module, ...] | None = None) -> tuple[tuple[int, int], ...]:
         # Every in-place update (optimizer step, load_state_dict, copy_ under no_grad) bumps a tensor's version
@@ -509,7 +514,7 @@ class MnistBackend(Backend):
         if self._fused_mask is None or self._fused_mask[0] != key:
             self._fused_mask = (key, fuse_mask_estimator(self.mask_net))
         fused = self._fused_mask[1]
-        chunk = self._chunk_size(images.device)
+        chunk = self._chunk_size(images.device, mask=True)
         if len(images) <= chunk:
             return fused(images)
         return torch.cat([fused(images[i : i + chunk]) for i in range(0, len(images), chunk)])

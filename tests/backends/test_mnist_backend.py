@@ -124,11 +124,12 @@ def test_same_seed_same_images_whatever_the_batch():
     classes = torch.tensor([2, 7, 7, 0, 5])
     seeds = torch.tensor([11, 12, 13, 14, 2**62])
     alone = [generate_all(backend, classes[i : i + 1], seeds[i : i + 1]) for i in range(5)]
-    # 67 samples: the five cross the CPU micro-batch boundary (64) and sit at other positions.
+    # 67 samples: the five cross a CPU micro-batch boundary (at 64, a multiple of the chunk size) and sit at other
+    # positions.
     filler = 62
     big_classes = torch.cat([torch.randint(0, 10, (filler,)), classes])
     big = generate_all(backend, big_classes, torch.cat([torch.arange(1000, 1000 + filler), seeds]))
-    assert CPU_MICRO_BATCH < len(big_classes)
+    assert CPU_MICRO_BATCH < len(big_classes) and 64 % CPU_MICRO_BATCH == 0
     for i in range(5):
         assert_mechanisms_close([t[filler + i : filler + i + 1] for t in big], alone[i])
     again = generate_all(backend, classes, seeds)
