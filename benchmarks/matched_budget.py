@@ -1,9 +1,10 @@
 """Table 2 at a matched budget for every variant, kind, mode and seed, as one resumable command for a lent GPU.
 
 Issue 16 asks whether ``CounterfactualAugment`` in the training loop is as good as a saved set at the same images
-seen and optimiser steps, at the paper's budget (all 60,000 biased images plus 50,000 counterfactuals per epoch, 10
-epochs: 1.1 million images per run), over three seeds. That is 54 runs (3 variants x 3 kinds x 2 modes x 3 seeds):
-most of an hour each on one thread of the 2-core CPU, a minute or two on a GPU. This script starts one
+seen and optimiser steps, at the paper's budget (all 50,000 biased training images plus 50,000 counterfactuals per
+epoch, 10 epochs: 1.0 million images and 15,630 steps per run), over three seeds. That is 54 runs (3 variants x 3
+kinds x 2 modes x 3 seeds): 17 to 45 minutes each on one thread of a 2-core CPU (a saved set is the quickest, the
+real kind per batch the slowest), a minute or two on a GPU. This script starts one
 ``cfaug evaluate mnist`` process per run (``cfaug.evaluation.run_matched_budget``), ``--jobs`` at a time, since one
 small classifier leaves most of a GPU idle; writes each run's log and ``matched_budget.json`` into its own folder;
 skips a run whose folder already holds a complete result (so a stopped job list resumes); and merges the runs of
