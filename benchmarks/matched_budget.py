@@ -6,9 +6,11 @@ epoch, 10 epochs: 1.0 million images and 15,630 steps per run), over three seeds
 kinds x 2 modes x 3 seeds): 17 to 45 minutes each on one thread of a 2-core CPU (a saved set is the quickest, the
 real kind per batch the slowest), a minute or two on a GPU. This script starts one
 ``cfaug evaluate mnist`` process per run (``cfaug.evaluation.run_matched_budget``), ``--jobs`` at a time, since one
-small classifier leaves most of a GPU idle; writes each run's log and ``matched_budget.json`` into its own folder;
-skips a run whose folder already holds a complete result (so a stopped job list resumes); and merges the runs of
-each variant (``merge_matched_budget``) into one results file and a printed table (``format_matched_budget``).
+small classifier leaves most of a GPU idle; writes each run's settings (``job.json``), log and
+``matched_budget.json`` into its own folder; skips a run whose folder already holds its complete result with the
+same settings (so a stopped job list resumes), and refuses a folder that holds other settings or files it did not
+write; and merges every finished run of each variant under ``--out-dir``, from this call or earlier ones
+(``merge_matched_budget``), into one results file and a printed table (``format_matched_budget``).
 
 Usage:
     python benchmarks/matched_budget.py --device cuda --jobs 8 --data-root data \
@@ -33,16 +35,28 @@ from cfaug._utils import atomic_write
 from cfaug.evaluation.matched_budget import KINDS, MODES, RESULTS_FILE, format_matched_budget, merge_matched_budget
 from cfaug.names import VARIANTS
 
+#: The file in each run folder that records the settings the driver ran it with: its mark of ownership.
+JOB_FILE = "job.json"
+
+
+class RunFolderError(ValueError):
+    """A run folder holds something this driver did not write for this job: other settings or other files."""
+
 
 @dataclass(frozen=True)
 class Job:
-    """One run: a (variant, kind, mode, seed), its folder and its ``cfaug`` command line."""
+    """One run: a (variant, kind, mode, seed), its folder and its ``cfaug`` command line.
+
+    ``settings`` is the part of the command line that decides the result (weights, kind, mode, seed, budget,
+    textures); ``argv`` adds what does not (device, threads, data folder, progress).
+    """
 
     variant: str
     kind: str
     mode: str
     seed: int
     folder: Path
+    settings: tuple[str, ...]
     argv: tuple[str, ...]
 
     @property
@@ -50,14 +64,36 @@ class Job:
         return f"{self.variant} {self.kind} {self.mode} seed {self.seed}"
 
     def done(self) -> bool:
-        """Whether the folder holds this run's complete result (written atomically by the run itself)."""
-        path = self.folder / RESULTS_FILE
-        if not path.is_file():
+        """Whether the folder holds this run's complete result; ``False`` when it is new, empty or unfinished.
+
+        Raises:
+            RunFolderError: the folder holds files but no job record of this driver, or a record of other
+                settings (an earlier run with another budget or weights, or someone else's files): its result is
+                neither reused nor overwritten.
+        """
+        if not self.folder.exists() or not any(self.folder.iterdir()):
             return False
         try:
-            return bool(json.loads(path.read_text()).get("complete"))
+            recorded = json.loads((self.folder / JOB_FILE).read_text())
         except (OSError, ValueError):
-            return False
+            raise RunFolderError(
+                f"{self.folder} holds files but no readable {JOB_FILE} from this script, so it was not written for "
+                f"the run {self.name}; move it away or pass another --out-dir."
+            ) from None
+        if recorded != {"settings": list(self.settings)}:
+            raise RunFolderError(
+                f"{self.folder} holds the run {self.name} with other settings ({recorded.get('settings')}, now "
+                f"{list(self.settings)}); pass another --out-dir for other settings."
+            )
+        return _complete(self.folder / RESULTS_FILE)
+
+
+def _complete(path: Path) -> bool:
+    """Whether ``path`` is a complete ``run_matched_budget`` result (written atomically by the run itself)."""
+    try:
+        return bool(json.loads(path.read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,36 +136,48 @@ def make_jobs(args: argparse.Namespace) -> list[Job]:
             for kind in args.kinds:
                 for mode in args.modes:
                     folder = args.out_dir / variant / f"{kind}_{mode}_seed{seed}"
-                    argv = [
-                        sys.executable, "-m", "cfaug", "evaluate", "mnist", variant,
-                        "--out-dir", str(folder), "--weights", f"ours={args.weights.format(variant=variant)}",
-                        "--kinds", kind, "--modes", mode, "--seeds", str(seed), "--device", args.device,
-                        "--num-threads", str(args.threads_per_job), "--data-root", args.data_root,
-                        "--epochs", str(args.epochs), "--num-counterfactuals", str(args.num_counterfactuals),
-                        "--batch-size", str(args.batch_size), "--no-progress",
+                    settings = [
+                        "--weights", f"ours={args.weights.format(variant=variant)}", "--kinds", kind,
+                        "--modes", mode, "--seeds", str(seed), "--epochs", str(args.epochs),
+                        "--num-counterfactuals", str(args.num_counterfactuals), "--batch-size", str(args.batch_size),
                     ]  # fmt: skip
                     if args.max_train_images is not None:
-                        argv += ["--max-train-images", str(args.max_train_images)]
+                        settings += ["--max-train-images", str(args.max_train_images)]
                     if variant == "wildlife_mnist" and args.texture_root is not None:
                         # Only Wildlife MNIST has textures; the other variants' results record none.
-                        argv += ["--texture-root", args.texture_root]
-                    jobs.append(Job(variant, kind, mode, seed, folder, tuple(argv)))
+                        settings += ["--texture-root", args.texture_root]
+                    argv = [
+                        sys.executable, "-m", "cfaug", "evaluate", "mnist", variant, "--out-dir", str(folder),
+                        *settings, "--device", args.device, "--num-threads", str(args.threads_per_job),
+                        "--data-root", args.data_root, "--no-progress",
+                    ]  # fmt: skip
+                    jobs.append(Job(variant, kind, mode, seed, folder, tuple(settings), tuple(argv)))
     return jobs
 
 
 def run_job(job: Job) -> int:
     """Run one job, its output into ``log.txt`` in its folder; returns the exit status."""
     job.folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(job.folder / JOB_FILE, "w") as handle:
+        json.dump({"settings": list(job.settings)}, handle)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(job.folder / "log.txt", "w") as log:
         return subprocess.run(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
 
-def merge_runs(jobs: list[Job]) -> dict[str, dict]:
-    """Per variant, the merge of every finished run's results (variants without one are left out)."""
+def merge_runs(out_dir: Path, variants: list[str]) -> dict[str, dict]:
+    """Per variant, the merge of every complete run this script wrote under ``out_dir``, from this call or earlier.
+
+    So a second call for more seeds or kinds adds to the merged results instead of replacing them. Variants
+    without a finished run are left out.
+
+    Raises:
+        ValueError: the runs of a variant there were made with different budgets, weights or textures.
+    """
     merged = {}
-    for variant in dict.fromkeys(job.variant for job in jobs):
-        parts = [json.loads((job.folder / RESULTS_FILE).read_text()) for job in jobs if job.variant == variant]
+    for variant in variants:
+        folders = sorted(path.parent for path in (out_dir / variant).glob(f"*/{JOB_FILE}"))
+        parts = [json.loads((f / RESULTS_FILE).read_text()) for f in folders if _complete(f / RESULTS_FILE)]
         if parts:
             merged[variant] = merge_matched_budget(parts)
     return merged
@@ -138,7 +186,11 @@ def merge_runs(jobs: list[Job]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     jobs = make_jobs(args)
-    todo = [job for job in jobs if not job.done()]
+    try:
+        todo = [job for job in jobs if not job.done()]
+    except RunFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already done; {len(todo)} to run, {args.jobs} at a time")
     failed = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -148,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
             if future.result() != 0 or not job.done():
                 failed.append(job)
                 print(f"failed: {job.name}; see {job.folder / 'log.txt'}", file=sys.stderr)
-    merged = merge_runs([job for job in jobs if job.done()])
+    try:
+        merged = merge_runs(args.out_dir, list(dict.fromkeys(job.variant for job in jobs)))
+    except ValueError as error:
+        print(f"error: the finished runs in {args.out_dir} do not merge: {error}", file=sys.stderr)
+        return 1
     for variant, results in merged.items():
         with atomic_write(args.out_dir / f"matched_budget_{variant}.json", "w") as handle:
             json.dump(results, handle, indent=2)

@@ -280,6 +280,25 @@ def test_the_benchmark_driver_runs_merges_and_resumes(
     # Finished runs are not run again; a run that fails is named with its log, and the command exits with 1.
     assert module.main([*options, "--weights", cgn_with_estimator]) == 0
     assert "2 runs, 2 already done; 0 to run" in capsys.readouterr().out
+    # A later call for fewer kinds still merges every finished run of the folder, so nothing drops out of the file.
+    fewer = [*options[:4], *options[5:]]  # --kinds real
+    assert fewer[2:5] == ["--kinds", "real", "--modes"]
+    assert module.main([*fewer, "--weights", cgn_with_estimator]) == 0
+    assert "1 runs, 1 already done; 0 to run" in capsys.readouterr().out
+    assert json.loads((tmp_path / "merged.json").read_text())["colored_mnist"] == merged
+    # Other settings into the same folders are refused, not mixed in: the earlier results stay as they were.
+    other = [*options[:10], "2", *options[11:]]  # --epochs 2
+    assert other[9:11] == ["--epochs", "2"]
+    assert module.main([*other, "--weights", cgn_with_estimator]) == 2
+    assert "with other settings" in capsys.readouterr().err
+    assert json.loads((tmp_path / "runs" / "matched_budget_colored_mnist.json").read_text()) == merged
+    # So is a folder this script did not write.
+    stranger = tmp_path / "stranger" / "colored_mnist" / "real_per-batch_seed0"
+    stranger.mkdir(parents=True)
+    (stranger / "notes.txt").write_text("someone else's")
+    assert module.main([*options[:-4], "--out-dir", str(tmp_path / "stranger"), "--weights", cgn_with_estimator]) == 2
+    assert "no readable job.json" in capsys.readouterr().err
+    assert (stranger / "notes.txt").read_text() == "someone else's"
     assert module.main([*options[:-4], "--out-dir", str(tmp_path / "bad"), "--weights", str(tmp_path / "none")]) == 1
     assert "failed: colored_mnist real per-batch seed 0; see" in capsys.readouterr().err
     assert (tmp_path / "bad" / "colored_mnist" / "real_per-batch_seed0" / "log.txt").read_text().strip()
