@@ -118,19 +118,19 @@ class MnistBackend(Backend):
         "colored_mnist": Weights(
             "colored_mnist",
             "colored_mnist.safetensors",
-            "b3fd48e0614dd6f032caccc6e6e43245e4153eca515acf02cc1ab8adec3280d8",
+            "2ae6e260f61f0494c1cc0753c511cfe745c8034f7c486977b006f594cc265d73",
             description="Colored MNIST CGN, our recipe (8,489 it), with lite mask estimator (test IoU 1.000)",
         ),
         "double_colored_mnist": Weights(
             "double_colored_mnist",
             "double_colored_mnist.safetensors",
-            "0de096030a384a3ba3881d36deaa96377464631d3940c0257448a1fa56911de9",
+            "d6ac8e6dfe156654e78b69adaccad7a87e5050e7eb8bd895dcd172c3058718b5",
             description="Double-colored MNIST CGN, our recipe (8,062 it), with U-Net mask estimator (test IoU 0.945)",
         ),
         "wildlife_mnist": Weights(
             "wildlife_mnist",
             "wildlife_mnist.safetensors",
-            "65f3cf66112155a37fcdfde0a23e8cc8de262d7627bb06ee8850327458034696",
+            "1f50a4b9209036767c89dc7d080fe1e4c079afc869bf5bfe7cc73ceb8667d33e",
             description="Wildlife MNIST CGN (paper textures), our recipe (6,000 it), U-Net mask estimator (IoU 0.932)",
         ),
     }

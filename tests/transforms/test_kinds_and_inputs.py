@@ -120,6 +120,19 @@ def test_default_shape_travels_with_the_weights(tmp_path):
     assert cfaug.load_backend("toy", weights=tmp_path / "plain.safetensors").default_shape is None
 
 
+@pytest.mark.parametrize("weights", ["colored_mnist", "double_colored_mnist", "wildlife_mnist"])
+def test_shipped_weights_recommend_real_shapes_for_labelled_samples(weights):
+    # Measured on Table 2 (docs/reproducing.md): real shapes beat whole CGN samples on every variant at the paper's
+    # budget, so `auto` keeps the real digit's shape even where the label is known.
+    backend = cfaug.load_backend("mnist", weights=weights)
+    assert backend.default_shape == "real"
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    (_, out_labels), record = CounterfactualAugment(backend, p=1.0, return_record=True)(images, labels)
+    assert out_labels is labels and (record["shape"] == -1).all()
+    (_, _), generated = CounterfactualAugment(backend, p=1.0, shape="generated", return_record=True)(images, labels)
+    assert torch.equal(generated["shape"], labels)  # the label-aware kind stays one argument away
+
+
 def test_kinds_without_a_mask_estimator():
     no_estimator = ToyBackend(mask_estimator=False)
     images, labels = torch.rand(2, 3, 8, 8), torch.tensor([0, 1])
