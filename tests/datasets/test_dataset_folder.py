@@ -212,12 +212,15 @@ def test_ranks_writing_disjoint_ranges_at_once(tmp_path, writers):
 
 
 def test_a_killed_writer_resumes_to_the_bytes_of_an_uninterrupted_run(tmp_path, writers):
-    victim = writers.start(hold_at=10)  # two chunks of 4 finished, the third in progress
+    victim = writers.start(hold_at=10)  # two chunks of 4 generated, the third in progress
     writers.wait_ready(1)
     os.kill(victim.pid, signal.SIGKILL)
     victim.communicate(timeout=60)
     root = writers.root
-    assert len(list((root / "records").iterdir())) == 2 and not (root / "manifest.json").exists()
+    # The writer pool's threads commit chunks behind generation, so on a loaded CPU fewer than the two generated
+    # chunks may be on disk (CI once found none, only a temporary file): any of these states must resume.
+    finished = [path for path in (root / "records").iterdir() if not path.name.endswith(".tmp")]
+    assert len(finished) <= 2 and not (root / "manifest.json").exists()
     # What atomic_write leaves when a process dies between creating its temporary file and the rename.
     (root / "images" / "000000" / ".000009.png.k1ll.tmp").write_bytes(b"half a png")
     (root / "records" / ".000008-000012.csv.k1ll.tmp").write_bytes(b"index")
