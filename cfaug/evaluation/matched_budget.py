@@ -6,13 +6,15 @@ only, looped so that an epoch also has ``N + M`` images (every real image once b
 image of every batch by a counterfactual with probability ``p = M / (N + M)``: the same images seen, the same
 steps, and in expectation the same number of counterfactual images (``MatchedBudget``).
 
-Three kinds of counterfactual (``KINDS``), made by ``CounterfactualAugment`` with today's API in
-``augment_batch``:
+Three kinds of counterfactual (``KINDS``), made per batch by ``CounterfactualAugment`` with the kind as its
+``shape`` setting (``kind_augments`` and ``augment_batch``), never by ``shape="auto"``, whose meaning depends on
+the weights' metadata:
 
 * ``"real"``: the real digit's shape (the backend's mask estimator), texture and background of drawn classes:
-  ``augment(images)`` (image-only mode); as a saved set ``real_shape_counterfactuals``;
+  ``CounterfactualAugment(shape="real")(images)``; as a saved set ``real_shape_counterfactuals``;
 * ``"generated"``: a whole CGN sample whose shape class is the label, texture and background drawn:
-  ``augment(images, labels)`` (label-aware mode); as a saved set ``generate_counterfactuals`` (the paper's kind);
+  ``CounterfactualAugment(shape="generated")(images, labels)``; as a saved set ``generate_counterfactuals`` (the
+  paper's kind);
 * ``"mixed"``: each image one of the two, by a seeded draw with probability 1/2.
 
 ``run_matched_budget`` trains and tests every (kind, mode, seed), writes ``matched_budget.json`` atomically after
@@ -35,7 +37,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -54,6 +56,9 @@ from cfaug.evaluation.table2 import _check_seeds, _describe_weights, _merged_dev
 from cfaug.names import VARIANTS
 from cfaug.seeding import mix_seed
 
+if TYPE_CHECKING:
+    from cfaug.transforms import CounterfactualAugment
+
 __all__ = [
     "KINDS",
     "MODES",
@@ -62,6 +67,7 @@ __all__ = [
     "best_kinds",
     "counterfactual_set",
     "format_matched_budget",
+    "kind_augments",
     "kind_grid",
     "merge_matched_budget",
     "run_matched_budget",
@@ -93,39 +99,62 @@ def _check_choices(values: Any, arg: str, valid: Sequence[str]) -> tuple[str, ..
 # ------------------------------------------------------------------------------------------------ the kinds
 
 
-def augment_batch(
-    augment: Any, images: torch.Tensor, labels: torch.Tensor, kind: str, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Counterfactuals of one kind for a batch, with ``CounterfactualAugment``'s ``p`` per image.
+def kind_augments(
+    backend: Backend, p: float, generator: torch.Generator | None = None
+) -> dict[str, CounterfactualAugment]:
+    """The two transforms ``augment_batch`` calls: ``"real"`` and ``"generated"`` as explicit ``shape`` settings.
 
-    The one place that turns a kind into a call of the transform: with a transform that takes the kind as a
-    setting (``CounterfactualAugment(shape=kind)``), this becomes ``augment(images, labels)[0]``.
+    The kind is never left to ``shape="auto"``: that follows the weights' ``default_shape``, so with weights that
+    recommend real shapes a label-aware call would make real-shape counterfactuals under the name "generated".
+    Both transforms draw from the one ``generator``, so a mixed batch is one seeded stream.
 
     Args:
-        augment: a ``CounterfactualAugment`` with the default ``labels_getter`` (a lone batch is image-only, a
-            batch with labels label-aware).
+        backend: the CGN (with a mask estimator for ``"real"`` and ``"mixed"``).
+        p: probability that an image is replaced.
+        generator: the RNG of every draw (``None``: the global torch RNG).
+    """
+    from cfaug.transforms import CounterfactualAugment
+
+    return {
+        "real": CounterfactualAugment(backend, p=p, shape="real", labels_getter=None, generator=generator),
+        "generated": CounterfactualAugment(backend, p=p, shape="generated", generator=generator),
+    }
+
+
+def augment_batch(
+    augments: Mapping[str, Any],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    kind: str,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Counterfactuals of one kind for a batch, with the transforms' ``p`` per image.
+
+    Args:
+        augments: ``kind_augments(...)``: a ``"real"`` transform called on images alone and a ``"generated"``
+            transform called on ``(images, labels)``.
         images: ``(B, C, H, W)`` float images in [0, 1].
         labels: ``(B,)`` their classes (kept: they are the shape class of every kind).
         kind: one of ``KINDS``.
         generator: draws which images of a ``"mixed"`` batch keep their real shape (``None``: global RNG).
 
     Returns:
-        The images, each replaced with probability ``augment.p``.
+        The images, each replaced with probability ``p``.
 
     Raises:
         ValueError: unknown ``kind``.
     """
     verify_str_arg(kind, "kind", KINDS)
     if kind == "real":
-        return augment(images)  # image-only: the real digit's estimated shape, texture and background drawn
+        return augments["real"](images)
     if kind == "generated":
-        return augment(images, labels)[0]  # label-aware: a whole CGN sample of the label's shape class
+        return augments["generated"](images, labels)[0]
     real_shape = torch.rand(len(images), generator=generator) < 0.5
     out = images.clone()
     if real_shape.any():
-        out[real_shape] = augment(images[real_shape])
+        out[real_shape] = augments["real"](images[real_shape])
     if not real_shape.all():
-        out[~real_shape] = augment(images[~real_shape], labels[~real_shape])[0]
+        out[~real_shape] = augments["generated"](images[~real_shape], labels[~real_shape])[0]
     return out
 
 
@@ -188,16 +217,13 @@ def kind_grid(backend: Backend, real: tuple[torch.Tensor, torch.Tensor], kind: s
     Returns:
         ``(rows * (GRID_COLUMNS + 1), C, H, W)`` images in [0, 1], row by row, on the CPU.
     """
-    from cfaug.transforms import CounterfactualAugment
-
     images, digits = real
     firsts = [int(torch.nonzero(digits == c)[0]) for c in range(backend.num_classes) if (digits == c).any()]
     rows = images[firsts]
-    generator = torch.Generator().manual_seed(mix_seed(seed, STREAM_ONLINE))
-    augment = CounterfactualAugment(backend, p=1.0, generator=generator)
+    augments = kind_augments(backend, 1.0, torch.Generator().manual_seed(mix_seed(seed, STREAM_ONLINE)))
     with torch.no_grad():
         made = augment_batch(
-            augment,
+            augments,
             rows.repeat_interleave(GRID_COLUMNS, dim=0),
             digits[firsts].repeat_interleave(GRID_COLUMNS),
             kind,
@@ -260,15 +286,15 @@ class MatchedBudget:
 class _CountingAugment:
     """The per-batch transform of one run: ``augment_batch`` under no_grad, counting images and steps."""
 
-    def __init__(self, augment: Any, kind: str, pick: torch.Generator) -> None:
-        self.augment, self.kind, self.pick = augment, kind, pick
+    def __init__(self, augments: Mapping[str, Any], kind: str, pick: torch.Generator) -> None:
+        self.augments, self.kind, self.pick = augments, kind, pick
         self.images = self.steps = 0
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.images += len(images)
         self.steps += 1
         with torch.no_grad():
-            return augment_batch(self.augment, images, labels, self.kind, self.pick)
+            return augment_batch(self.augments, images, labels, self.kind, self.pick)
 
 
 def train_matched(
@@ -301,8 +327,6 @@ def train_matched(
     Raises:
         ValueError: ``real`` does not hold ``budget.num_real`` images, or a bad kind or mode.
     """
-    from cfaug.transforms import CounterfactualAugment
-
     verify_str_arg(kind, "kind", KINDS)
     verify_str_arg(mode, "mode", MODES)
     if len(real[1]) != budget.num_real:
@@ -315,7 +339,7 @@ def train_matched(
         return model, {"images": budget.images, "steps": budget.steps}
     online = torch.Generator().manual_seed(mix_seed(run_seed, STREAM_ONLINE))
     transform = _CountingAugment(
-        CounterfactualAugment(backend, p=budget.p, generator=online),
+        kind_augments(backend, budget.p, online),
         kind,
         torch.Generator().manual_seed(mix_seed(run_seed, STREAM_KIND_PICK)),
     )

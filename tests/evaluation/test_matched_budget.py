@@ -18,11 +18,11 @@ from cfaug.evaluation.matched_budget import (
     best_kinds,
     counterfactual_set,
     format_matched_budget,
+    kind_augments,
     merge_matched_budget,
     train_matched,
 )
 from cfaug.evaluation.shape_classifier import build_shape_classifier_parts
-from cfaug.transforms import CounterfactualAugment
 
 
 class MaskBackend(ToyBackend):
@@ -35,11 +35,14 @@ class MaskBackend(ToyBackend):
         return torch.zeros(len(classes), self.channels, self.image_size, self.image_size)
 
 
-def _kind_outputs(kind: str, labels: torch.Tensor) -> tuple[MaskBackend, torch.Tensor]:
+def _kind_outputs(
+    kind: str, labels: torch.Tensor, default_shape: str | None = None
+) -> tuple[MaskBackend, torch.Tensor]:
     backend = MaskBackend(num_classes=2, image_size=32)
+    backend.default_shape = default_shape  # what the weights recommend must not change what a kind makes
     images = torch.rand(len(labels), 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    augment = CounterfactualAugment(backend, p=1.0, generator=torch.Generator().manual_seed(1))
-    made = augment_batch(augment, images, labels, kind, torch.Generator().manual_seed(2))
+    augments = kind_augments(backend, 1.0, torch.Generator().manual_seed(1))
+    made = augment_batch(augments, images, labels, kind, torch.Generator().manual_seed(2))
     return backend, made
 
 
@@ -55,32 +58,40 @@ def _generated_class(made: torch.Tensor) -> torch.Tensor:
     return (radius > 0.75).long()
 
 
-def test_the_real_kind_keeps_the_estimated_mask():
+RECOMMENDATIONS = [None, "real", "generated", "mixed"]
+
+
+@pytest.mark.parametrize("default_shape", RECOMMENDATIONS)
+def test_the_real_kind_keeps_the_estimated_mask(default_shape):
     labels = torch.arange(12) % 2
-    backend, made = _kind_outputs("real", labels)
+    backend, made = _kind_outputs("real", labels, default_shape)
     assert _is_estimated_mask(backend, made).all()
 
 
-def test_the_generated_kind_follows_the_label_class():
+@pytest.mark.parametrize("default_shape", RECOMMENDATIONS)
+def test_the_generated_kind_follows_the_label_class(default_shape):
+    # With weights that recommend real shapes (the shipped MNIST weights), a label-aware call with shape="auto"
+    # keeps the real shape: the generated kind must name its shape, or its runs measure real shapes twice.
     labels = torch.arange(12) % 2
-    backend, made = _kind_outputs("generated", labels)
+    backend, made = _kind_outputs("generated", labels, default_shape)
     assert not _is_estimated_mask(backend, made).any()
     assert torch.equal(_generated_class(made), labels)
 
 
-def test_the_mixed_kind_gives_each_image_one_of_both():
+@pytest.mark.parametrize("default_shape", RECOMMENDATIONS)
+def test_the_mixed_kind_gives_each_image_one_of_both(default_shape):
     labels = torch.ones(40, dtype=torch.int64)  # the larger disc, far from the estimated one
-    backend, made = _kind_outputs("mixed", labels)
+    backend, made = _kind_outputs("mixed", labels, default_shape)
     real_shape = _is_estimated_mask(backend, made)
     assert 8 <= int(real_shape.sum()) <= 32  # a draw of probability 1/2 per image
     assert (_generated_class(made[~real_shape]) == 1).all()
-    _, again = _kind_outputs("mixed", labels)
+    _, again = _kind_outputs("mixed", labels, default_shape)
     assert torch.equal(made, again)  # seeded
 
 
 def test_augment_batch_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="kind"):
-        augment_batch(lambda images: images, torch.rand(2, 3, 4, 4), torch.zeros(2), "shape")
+        augment_batch({}, torch.rand(2, 3, 4, 4), torch.zeros(2), "shape")
 
 
 def test_saved_sets_of_each_kind():
