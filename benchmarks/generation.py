@@ -193,6 +193,8 @@ def dataloader_augment_row(
         grayscale_to_rgb=not rgb32,
         reuse=reuse,
         labels_getter=None if image_only else "default",
+        # Named, not "auto": weights that recommend real shapes would estimate every labelled sample's mask too.
+        shape="real" if image_only else "generated",
     )
     transforms = augment if tensors else v2.Compose([augment, v2.PILToTensor()])
     dataset = _Digits(items, transforms, side=32 if rgb32 else 28, rgb=rgb32, tensors=tensors)

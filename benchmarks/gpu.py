@@ -141,9 +141,15 @@ def augment_rows(out: Report, device: torch.device, card: str, batch: int, secon
     out("| what | img/s | share of a ResNet-18 training step on the batch |")
     out("|---|---:|---:|")
     out(f"| ResNet-18 training step (SGD, fp32) | {steps:,.0f} | 1.00 |")
-    for kind, labels_getter in (("label-aware", "default"), ("image-only (mask estimated)", None)):
-        # The transform moves its backend to the batch's device on first use (the warm-up call).
-        augment = cfaug.CounterfactualAugment("mnist", weights="colored_mnist", p=0.5, labels_getter=labels_getter)
+    for kind, labels_getter, shape in (
+        ("label-aware", "default", "generated"),
+        ("image-only (mask estimated)", None, "real"),
+    ):
+        # The transform moves its backend to the batch's device on first use (the warm-up call). The kind is named:
+        # shape="auto" follows the weights, which recommend real shapes, so "label-aware" would estimate masks too.
+        augment = cfaug.CounterfactualAugment(
+            "mnist", weights="colored_mnist", p=0.5, labels_getter=labels_getter, shape=shape
+        )
 
         def apply(_: int, augment=augment) -> None:
             augment(images, labels)
