@@ -112,6 +112,9 @@ def kind_augments(
         backend: the CGN (with a mask estimator for ``"real"`` and ``"mixed"``).
         p: probability that an image is replaced.
         generator: the RNG of every draw (``None``: the global torch RNG).
+
+    Returns:
+        ``{"real": ..., "generated": ...}``: the image-only real-shape transform and the label-aware one.
     """
     from cfaug.transforms import CounterfactualAugment
 
