@@ -85,7 +85,7 @@ class CounterfactualAugment(Transform):
     only as good as the generator's; ``"real"`` keeps every real object exactly, so it is right when the
     generator's shapes are poor, when annotations must stay true, or when the bias lies in texture and
     background only; ``"mixed"`` hedges between the two. On the biased MNIST variants of the CGN paper real
-    shapes de-biased far better as saved sets and per batch on Wildlife MNIST (docs: Reproducing the paper), so
+    shapes de-biased better as saved sets and per batch on all three (docs: Reproducing the paper), so
     the shipped ``mnist`` weights recommend ``"real"``. A backend without a mask estimator supports only
     ``"generated"``, and an unlabelled image there is an error listing the label-aware placements.
 

@@ -123,7 +123,7 @@ def test_default_shape_travels_with_the_weights(tmp_path):
 @pytest.mark.parametrize("weights", ["colored_mnist", "double_colored_mnist", "wildlife_mnist"])
 def test_shipped_weights_recommend_real_shapes_for_labelled_samples(weights):
     # Measured on Table 2 (docs/reproducing.md, "The default kind"): at the paper's budget real shapes lead whole CGN
-    # samples as saved sets and per batch on Wildlife MNIST, so `auto` keeps the real digit's shape with a label.
+    # samples as saved sets and per batch on all three variants, so `auto` keeps the real digit's shape with a label.
     backend = cfaug.load_backend("mnist", weights=weights)
     assert backend.default_shape == "real"
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
