@@ -382,12 +382,23 @@ def _bytes_per_item(settings: Mapping[str, Any], root: Path, chunk_size: int) ->
     return pixels + 5 * 8 + rows + math.ceil(per_chunk / chunk_size)
 
 
+def _holds_dataset(root: Path) -> bool:
+    """Whether ``root`` holds a cfaug marker: a finished save's ``manifest.json`` or a save's ``parts/*.json``."""
+    return (root / _MANIFEST).is_file() or bool(_read_ranges(root / "parts", "json"))
+
+
 def _check_owned(root: Path, settings: Mapping[str, Any]) -> None:
-    """Refuse a folder that is not empty and does not hold cfaug's own dataset with the same settings."""
+    """Refuse a folder that is not empty and does not hold cfaug's own dataset with the same settings.
+
+    Safe without the folder's lock: a writer writes its ``parts/*.json`` before any data file and never removes
+    it, so a file the scan finds was either there before any marker (foreign) or has a marker by the time the
+    scan ends. Looking for the markers again after the scan keeps a writer that registered during it from being
+    taken for a stranger.
+    """
     make_folder(root)
-    if not (root / _MANIFEST).is_file() and not _read_ranges(root / "parts", "json"):
+    if not _holds_dataset(root):
         found = foreign_entries(root)
-        if found:
+        if found and not _holds_dataset(root):
             raise SavedDatasetError(
                 f"{str(root)!r} holds files that cfaug did not write ({', '.join(found)}"
                 f"{', ...' if len(found) == 5 else ''}) and no cfaug dataset. cfaug saves only into a new or empty "
@@ -675,7 +686,11 @@ def _check_existing_settings(root: Path, settings: Mapping[str, Any]) -> None:
     existing = [root / _MANIFEST] if (root / _MANIFEST).is_file() else []
     existing += [path for _, _, path in _read_ranges(root / "parts", "json")]
     for path in existing:
-        differences = _settings_difference(settings, _read_json(path))
+        try:
+            recorded = _read_json(path)
+        except FileNotFoundError:
+            continue  # a repair removed the manifest after it was listed; the parts still hold the settings
+        differences = _settings_difference(settings, recorded)
         if differences:
             raise SavedDatasetError(
                 f"{str(root)!r} holds a dataset saved with other settings ({path.relative_to(root)}): "

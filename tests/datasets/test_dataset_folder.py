@@ -159,6 +159,43 @@ def test_ownership_rules(tmp_path):
     assert tree(tmp_path / "empty") == serial(tmp_path / "fresh", size=6, chunk_size=256)
 
 
+def test_a_writer_that_registers_during_the_ownership_scan_is_not_taken_for_a_stranger(tmp_path, monkeypatch):
+    # The first look at an existing folder runs before its lock is taken: another writer may register and write
+    # between the look for cfaug's markers and the scan for foreign files (CI once refused a twin writer so).
+    # Here a whole save runs in that gap.
+    root = tmp_path / "race"
+    root.mkdir()
+    scan = store.foreign_entries
+
+    def save_meanwhile(folder, *args, **kwargs):
+        monkeypatch.setattr(store, "foreign_entries", scan)
+        assert CounterfactualDataset(ToyBackend(), size=24).save(root, chunk_size=4, progress=False)
+        return scan(folder, *args, **kwargs)
+
+    monkeypatch.setattr(store, "foreign_entries", save_meanwhile)
+    assert CounterfactualDataset(ToyBackend(), size=24).save(root, chunk_size=4, progress=False)
+    assert store.foreign_entries is scan  # the gap was reached
+    assert tree(root) == serial(tmp_path / "serial")
+
+
+def test_a_manifest_removed_during_the_settings_check_is_written_again(tmp_path, monkeypatch):
+    # A repair in another process removes manifest.json (under the lock) while this writer's first, unlocked look
+    # has listed it and not yet read it.
+    root = tmp_path / "data"
+    reference = serial(root)
+    read, removed = store._read_json, []
+
+    def repair_meanwhile(path):
+        if path.name == "manifest.json" and not removed:
+            removed.append(path)
+            path.unlink()
+        return read(path)
+
+    monkeypatch.setattr(store, "_read_json", repair_meanwhile)
+    assert CounterfactualDataset(ToyBackend(), size=24).save(root, chunk_size=4, progress=False)
+    assert removed and tree(root) == reference
+
+
 # ----------------------------------------------------------------------------------------------- concurrency
 
 
@@ -178,6 +215,8 @@ def test_two_writers_with_other_seeds_started_together(tmp_path, writers):
     results = [writers.finish(first), writers.finish(second)]
     assert sorted(code for code, _ in results) == [0, 3], results
     winner = 1 if results[0][0] == 0 else 2
+    # The loser is refused for its settings, never taken for a stranger to a folder the winner is filling.
+    assert "other settings" in results[2 - winner][1], results
     assert tree(writers.root) == serial(tmp_path / "serial", seed=winner)
 
 
